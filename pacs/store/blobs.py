@@ -1,0 +1,246 @@
+"""Blob storage: opaque keys to immutable bytes, knowing nothing about DICOM.
+
+One protocol, two implementations: :class:`FilesystemBlobStore` (embedded default)
+here and ``MinioBlobStore`` in :mod:`pacs.store.minio_blobs` (the only module that
+imports ``minio``). Callers never branch on the backend; every backend raises the
+same errors (:class:`~pacs.errors.BlobNotFound`, :class:`~pacs.errors.StorageUnavailable`).
+
+Blobs are write-once: ``put`` on an existing key raises ``FileExistsError`` instead
+of replacing the bytes, so nothing is ever silently overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from pacs.errors import BlobNotFound, StorageUnavailable
+
+#: Read size when streaming blobs in and out.
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a successful ``put`` wrote."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Storage of immutable blobs under opaque string keys (``aa/bb/name``)."""
+
+    def put(self, key: str, data: bytes | BinaryIO) -> BlobInfo:
+        """Store ``data`` durably under a new ``key``; return only once it is durable.
+
+        Raises ``FileExistsError`` if the key exists, ``StorageUnavailable`` if the
+        store is unreachable, full or refuses the write.
+        """
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Return the whole blob (``BlobNotFound`` if absent)."""
+        ...
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return up to ``length`` bytes from ``offset`` (``BlobNotFound`` if absent)."""
+        ...
+
+    def open(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """Open the blob for streaming reads; the context closes and releases it."""
+        ...
+
+    def size(self, key: str) -> int:
+        """Return the blob's size in bytes (``BlobNotFound`` if absent)."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """True if a blob is stored under ``key``."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the blob; removing an absent key is not an error."""
+        ...
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Yield every key that starts with ``prefix``, in no particular order."""
+        ...
+
+    def ping(self) -> None:
+        """Raise ``StorageUnavailable`` unless the store answers (and create it if missing)."""
+        ...
+
+
+def new_blob_key(suffix: str = ".dcm") -> str:
+    """A fresh random key fanned out in two levels, ``ab/cd/abcd…`` (as Orthanc does).
+
+    Keys are random, never derived from UIDs or content, so two writers of the same
+    instance never touch each other's blob, and a loser of a race can delete its own.
+    """
+    name = secrets.token_hex(16)
+    return f"{name[:2]}/{name[2:4]}/{name}{suffix}"
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store's root or name nothing."""
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise ValueError(f"invalid blob key {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid blob key {key!r}")
+    return key
+
+
+def iter_chunks(data: bytes | BinaryIO) -> Iterator[bytes]:
+    """Yield ``data`` in chunks whether it is bytes or a readable binary file."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data)
+        for start in range(0, len(view), CHUNK):
+            yield bytes(view[start : start + CHUNK])
+        return
+    while True:
+        chunk = data.read(CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+class FilesystemBlobStore:
+    """Blobs as files under ``root``: written to a temporary file, fsynced, then linked.
+
+    Durability: the file is fsynced before it gets its final name, and the directory
+    is fsynced after, so a blob that ``put`` returned survives a power cut.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self._tmp = self.root / ".tmp"
+
+    def __repr__(self) -> str:
+        return f"FilesystemBlobStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def ping(self) -> None:
+        try:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"blob folder {self.root} is not usable: {exc}") from exc
+        if not os.access(self.root, os.W_OK):
+            raise StorageUnavailable(f"blob folder {self.root} is not writable")
+
+    def put(self, key: str, data: bytes | BinaryIO) -> BlobInfo:
+        path = self._path(key)
+        digest = hashlib.sha256()
+        size = 0
+        tmp_name: str | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
+            with os.fdopen(fd, "wb") as out:
+                for chunk in iter_chunks(data):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                if self.fsync:
+                    os.fsync(out.fileno())
+            # link() refuses an existing name: write-once without a check-then-write race.
+            os.link(tmp_name, path)
+            if self.fsync:
+                _fsync_dir(path.parent)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise FileExistsError(key) from exc
+            raise StorageUnavailable(f"cannot write blob {key}: {exc.strerror or exc}") from exc
+        finally:
+            if tmp_name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+        return BlobInfo(key=key, size=size, sha256=digest.hexdigest())
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise BlobNotFound(key) from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read blob {key}: {exc}") from exc
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        try:
+            with open(self._path(key), "rb") as fh:
+                fh.seek(offset)
+                return fh.read(length)
+        except FileNotFoundError as exc:
+            raise BlobNotFound(key) from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read blob {key}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def open(self, key: str) -> Iterator[BinaryIO]:
+        try:
+            fh = open(self._path(key), "rb")
+        except FileNotFoundError as exc:
+            raise BlobNotFound(key) from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read blob {key}: {exc}") from exc
+        with fh:
+            yield fh
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError as exc:
+            raise BlobNotFound(key) from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot delete blob {key}: {exc}") from exc
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            if rel_dir == ".":
+                # The temporary folder holds half-written files, never blobs.
+                dirnames[:] = [d for d in dirnames if d != self._tmp.name]
+                rel_dir = ""
+            for name in filenames:
+                key = f"{rel_dir}/{name}" if rel_dir else name
+                key = key.replace(os.sep, "/")
+                if key.startswith(prefix):
+                    yield key
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
