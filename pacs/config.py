@@ -56,6 +56,8 @@ class Settings:
     minio_secure: bool = False
     #: What to do when a SOP Instance UID arrives again with different bytes.
     duplicate_policy: DuplicatePolicy = "keep-first"
+    #: Largest instance accepted, in MiB (0 = no limit); larger ones are refused (0xA700 / 413).
+    max_instance_mb: int = 2048
 
     # Start-up.
     #: Import ``sample_dicom/`` into an empty archive at the first start.

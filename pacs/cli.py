@@ -1,0 +1,168 @@
+"""The ``pacs`` command (click: it ships with Flask, and gives typed options and help for free)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pacs import __version__
+from pacs.config import Settings, load_settings
+from pacs.errors import PacsError
+
+log = logging.getLogger("pacs")
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    try:
+        return load_settings(ctx.obj.get("config"), **overrides)
+    except PacsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+@click.version_option(__version__, prog_name="pacs")
+@click.option("--config", "config", type=click.Path(dir_okay=False), envvar="PACS_CONFIG",
+              help="TOML settings file (also PACS_CONFIG).")
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
+    """mini-PACS: DICOM archive over object storage with a SQL index."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+_data_dir = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+                         help="Folder for the SQLite index and filesystem blobs.")
+
+
+@main.command()
+@_data_dir
+@click.option("--host", help="Bind address for DICOM and HTTP.")
+@click.option("--dicom-port", type=int, help="DICOM port (0 = pick a free one).")
+@click.option("--http-port", type=int, help="HTTP port (0 = pick a free one).")
+@click.option("--ae-title", help="Our AE title.")
+@click.option("--workers", "dicom_workers", type=int, help="DICOM receiver processes (0 = one per core).")
+@click.option("--samples/--no-samples", "load_samples", default=None,
+              help="Load sample_dicom/ into an empty archive at start.")
+@click.pass_context
+def serve(ctx: click.Context, **opts: Any) -> None:
+    """Run the DICOM listener and the HTTP server until SIGTERM."""
+    from pacs.serve import serve as run
+
+    sys.exit(run(_settings(ctx, **opts)))
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@_data_dir
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+def import_cmd(ctx: click.Context, paths: tuple[str, ...], data_dir: Path | None, quiet: bool) -> None:
+    """Store DICOM files and folders (recursive) through the same path as C-STORE."""
+    from tqdm import tqdm
+
+    from pacs.services import build_services
+    from pacs.tools import import_paths, iter_files
+
+    s = _settings(ctx, data_dir=data_dir)
+    logging.basicConfig(level=logging.WARNING)
+    services = build_services(s, migrate=True)
+    total = sum(1 for _ in iter_files(paths))
+    with tqdm(total=total, unit="file", disable=quiet, file=sys.stderr) as bar:
+        try:
+            report = import_paths(services.ingest, paths, progress=bar.update)
+        except PacsError as exc:
+            raise click.ClickException(f"stopped: {exc}") from exc
+    click.echo(f"stored: {report.stored}  already stored: {report.already}  "
+               f"conflicts kept as first: {report.conflicts}  rejected: {len(report.rejected)}")
+    for path, reason in report.rejected:
+        click.echo(f"  rejected {path}: {reason}")
+    services.close()
+    sys.exit(1 if report.rejected else 0)
+
+
+@main.command()
+@_data_dir
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+def verify(ctx: click.Context, data_dir: Path | None, quiet: bool) -> None:
+    """Check every indexed blob (present, SHA-256) and list orphan blobs; exit 1 on damage."""
+    from tqdm import tqdm
+
+    from pacs.services import build_services
+    from pacs.tools import verify as run_verify
+
+    s = _settings(ctx, data_dir=data_dir)
+    services = build_services(s, migrate=True)
+    total = services.index.counts().instances
+    with tqdm(total=total, unit="blob", disable=quiet, file=sys.stderr) as bar:
+        report = run_verify(services.index, services.blobs, progress=bar.update)
+    for uid, key in report.missing:
+        click.echo(f"MISSING  {key}  (instance {uid})")
+    for uid, key in report.corrupt:
+        click.echo(f"CORRUPT  {key}  (instance {uid}: SHA-256 differs)")
+    for key in report.orphans:
+        click.echo(f"ORPHAN   {key}  (no index row; left by an interrupted store)")
+    click.echo(f"checked: {report.checked}  missing: {len(report.missing)}  "
+               f"corrupt: {len(report.corrupt)}  orphans: {len(report.orphans)}")
+    services.close()
+    sys.exit(1 if report.damaged else 0)
+
+
+@main.command()
+@_data_dir
+@click.option("--yes", is_flag=True, help="Do not ask before clearing the index.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+def reindex(ctx: click.Context, data_dir: Path | None, yes: bool, quiet: bool) -> None:
+    """Rebuild the index from the blob store alone (stop the server first)."""
+    from tqdm import tqdm
+
+    from pacs.services import build_services
+    from pacs.tools import reindex as run_reindex
+
+    s = _settings(ctx, data_dir=data_dir)
+    if not yes:
+        click.confirm("This clears the index and rebuilds it from the blobs. Continue?", abort=True)
+    services = build_services(s, migrate=True)
+    with tqdm(unit="blob", disable=quiet, file=sys.stderr) as bar:
+        report = run_reindex(services.index, services.blobs, progress=bar.update)
+    for key, reason in report.unreadable:
+        click.echo(f"UNREADABLE {key}: {reason}")
+    for key in report.duplicates:
+        click.echo(f"DUPLICATE  {key}: its SOP Instance UID is already indexed from another blob")
+    click.echo(f"indexed: {report.indexed}  duplicates: {len(report.duplicates)}  "
+               f"unreadable: {len(report.unreadable)}")
+    services.close()
+
+
+@main.command()
+@_data_dir
+@click.pass_context
+def migrate(ctx: click.Context, data_dir: Path | None) -> None:
+    """Bring the index schema up to date (serve does this at every start)."""
+    from pacs.services import build_services
+
+    services = build_services(_settings(ctx, data_dir=data_dir), migrate=True)
+    click.echo(f"schema at revision {services.index.schema_revision()}")
+    services.close()
+
+
+@main.command()
+@click.pass_context
+def settings(ctx: click.Context) -> None:
+    """Print the effective settings (secrets hidden)."""
+    s = _settings(ctx)
+    for name, value in vars(s).items():
+        if name == "extra":
+            continue
+        if "secret" in name and value:
+            value = "***"
+        click.echo(f"{name} = {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The one write path: C-STORE, ``pacs import`` (and later STOW-RS) all call :meth:`IngestService.store`.
+
+Order matters (as in Orthanc's ``ServerContext::Store``): parse, write the blob
+durably, then commit the index row; if the index refuses, delete the blob. A crash
+between the two writes leaves at worst an orphan blob that ``pacs verify`` lists,
+never an index row without its bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from pacs.config import DuplicatePolicy
+from pacs.dicom import InstanceKeys
+from pacs.errors import DuplicateConflict, InvalidInstance, StorageUnavailable
+from pacs.store.blobs import BlobStore, new_blob_key
+from pacs.store.index import Index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an instance came from (kept in the index; logged, never with patient data)."""
+
+    kind: str  # dicom, import, stow, reindex
+    calling_ae: str = ""
+    address: str = ""
+
+    def __str__(self) -> str:
+        parts = [self.kind]
+        if self.calling_ae:
+            parts.append(f"ae={self.calling_ae}")
+        if self.address:
+            parts.append(f"from={self.address}")
+        return " ".join(parts)
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    #: The same bytes were already stored: idempotent success.
+    ALREADY_STORED = "already stored"
+    #: Different bytes under a known SOP Instance UID; policy keep-first kept the old ones.
+    KEPT_FIRST = "kept first"
+    #: Different bytes; policy overwrite replaced the old ones.
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    outcome: Outcome
+    keys: InstanceKeys
+    blob_key: str
+    sha256: str
+    size: int
+
+    @property
+    def message(self) -> str:
+        if self.outcome is Outcome.KEPT_FIRST:
+            return "instance already stored with different content; kept the first copy"
+        if self.outcome is Outcome.REPLACED:
+            return "instance already stored with different content; replaced by this copy"
+        return self.outcome.value
+
+
+class IngestService:
+    """Store instances durably: blob first, then index; nothing half-written."""
+
+    def __init__(
+        self, blobs: BlobStore, index: Index, *, duplicate_policy: DuplicatePolicy = "keep-first",
+        max_instance_size: int = 0,
+    ) -> None:
+        self.blobs = blobs
+        self.index = index
+        self.duplicate_policy = duplicate_policy
+        #: 0 = no limit. Larger instances are refused as out of resources.
+        self.max_instance_size = max_instance_size
+
+    def store(self, raw: bytes, origin: Origin) -> StoreResult:
+        """Store one Part 10 instance; return only when the blob and the index row are durable.
+
+        Raises ``InvalidInstance`` (nothing written), ``StorageUnavailable`` (nothing
+        indexed) or ``DuplicateConflict`` (policy ``reject``).
+        """
+        if self.max_instance_size and len(raw) > self.max_instance_size:
+            raise StorageUnavailable(
+                f"instance of {len(raw)} bytes exceeds the limit of {self.max_instance_size} bytes"
+            )
+        keys = InstanceKeys.from_part10(raw)
+        uid = keys.sop_instance_uid
+
+        known = self.index.get_instance(uid)
+        if known is not None:
+            sha = hashlib.sha256(raw).hexdigest()
+            if sha == known.sha256:
+                log.info("instance %s already stored (%s); nothing written", uid, origin)
+                return StoreResult(Outcome.ALREADY_STORED, keys, known.blob_key, sha, len(raw))
+            return self._conflict(raw, keys, known.blob_key, known.sha256, origin)
+
+        blob = self.blobs.put(new_blob_key(), raw)
+        try:
+            added = self.index.add_instance(
+                keys, blob, origin=origin.kind, calling_ae=origin.calling_ae
+            )
+        except BaseException:
+            self._discard(blob.key)
+            raise
+        if added.added:
+            log.debug("stored %s %s (%d bytes, %s)", keys.sop_class_uid, uid, blob.size, origin)
+            return StoreResult(Outcome.STORED, keys, blob.key, blob.sha256, blob.size)
+
+        # Another association indexed the same UID between our check and our insert.
+        self._discard(blob.key)
+        existing = added.existing
+        assert existing is not None
+        if existing.sha256 == blob.sha256:
+            log.info("instance %s already stored concurrently (%s)", uid, origin)
+            return StoreResult(Outcome.ALREADY_STORED, keys, existing.blob_key, blob.sha256, blob.size)
+        return self._conflict(raw, keys, existing.blob_key, existing.sha256, origin)
+
+    def _conflict(
+        self, raw: bytes, keys: InstanceKeys, old_key: str, old_sha: str, origin: Origin
+    ) -> StoreResult:
+        uid = keys.sop_instance_uid
+        if self.duplicate_policy == "reject":
+            log.warning("instance %s re-sent with different content (%s): rejected by policy", uid, origin)
+            raise DuplicateConflict(f"SOP Instance UID {uid} is already stored with different content")
+        if self.duplicate_policy == "keep-first":
+            log.warning(
+                "instance %s re-sent with different content (%s): kept the first copy (policy keep-first)",
+                uid, origin,
+            )
+            return StoreResult(Outcome.KEPT_FIRST, keys, old_key, old_sha, len(raw))
+        blob = self.blobs.put(new_blob_key(), raw)
+        try:
+            old = self.index.replace_blob(uid, blob, origin=origin.kind, calling_ae=origin.calling_ae)
+        except BaseException:
+            self._discard(blob.key)
+            raise
+        self._discard(old)
+        log.warning("instance %s re-sent with different content (%s): replaced (policy overwrite)", uid, origin)
+        return StoreResult(Outcome.REPLACED, keys, blob.key, blob.sha256, blob.size)
+
+    def _discard(self, key: str) -> None:
+        """Best-effort removal of a blob nobody indexes; ``pacs verify`` reports it if this fails."""
+        try:
+            self.blobs.delete(key)
+        except Exception as exc:  # noqa: BLE001 - the orphan is reported later, never fatal
+            log.warning("could not delete orphan blob %s: %s", key, exc)
+
+
+__all__ = [
+    "DuplicateConflict", "IngestService", "InvalidInstance", "Origin", "Outcome", "StoreResult",
+    "StorageUnavailable",
+]

@@ -1,0 +1,307 @@
+"""The index: one SQLAlchemy engine per process, short transactions, plain dataclasses out.
+
+Safe under concurrent writers (threads, processes and nodes): rows are created with
+``INSERT … ON CONFLICT DO NOTHING`` on their UID and then read back, so two
+associations storing the same study never make two rows and never fail on each other.
+Works on SQLite (WAL, one writer at a time, ``BEGIN IMMEDIATE``) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pacs.dicom import InstanceKeys
+from pacs.errors import StorageUnavailable
+from pacs.store.blobs import BlobInfo
+from pacs.store.models import Base, Instance, Patient, Series, Study
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One indexed instance, as callers outside the index see it."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """``added`` is False when the SOP Instance UID was already indexed (``existing`` tells by whom)."""
+
+    added: bool
+    existing: InstanceRecord | None = None
+
+
+@dataclass(frozen=True)
+class Counts:
+    patients: int
+    studies: int
+    series: int
+    instances: int
+    bytes: int
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def patient_key(keys: InstanceKeys) -> str:
+    """The archive's patient identity: PatientID, else name and birth date (PS3.4 C.6.1)."""
+    if keys.patient_id:
+        return "id:" + keys.patient_id
+    return f"nb:{keys.patient_name}|{keys.patient_birth_date}"
+
+
+def make_engine(url: str, *, fsync: bool = True) -> Engine:
+    """An engine set up for concurrent ingest on SQLite or PostgreSQL."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        _sqlite_setup(engine, fsync=fsync)
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _sqlite_setup(engine: Engine, *, fsync: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide where transactions begin.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so an acknowledged store survives power loss.
+        cur.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers take the lock up front (IMMEDIATE): a deferred transaction that reads
+        # first and then writes fails at once with SQLITE_BUSY instead of waiting.
+        if conn.get_execution_options().get("sqlite_immediate"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+class Index:
+    """Add, look up and list instances in the SQL index."""
+
+    def __init__(self, url: str, *, fsync: bool = True, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url, fsync=fsync)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._insert = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
+
+    def __repr__(self) -> str:
+        return f"Index({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def session(self) -> Session:
+        return self._session()
+
+    @contextlib.contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """One write transaction, committed on success; SQLite's lock is taken at BEGIN."""
+        with self._session() as s:
+            s.connection(execution_options={"sqlite_immediate": True})
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- schema -------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (safe to run at every start)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        try:
+            with self.engine.begin() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    # Several nodes may start at once: one migrates, the others wait (PS: app lock id).
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7263540)"))
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except OperationalError as exc:
+            raise StorageUnavailable(f"index database unreachable: {exc.orig}") from exc
+
+    def schema_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            try:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except SQLAlchemyError:
+                return None
+
+    # -- writes -------------------------------------------------------------------
+
+    def add_instance(
+        self, keys: InstanceKeys, blob: BlobInfo, *, origin: str, calling_ae: str = "",
+        received_at: datetime | None = None,
+    ) -> AddResult:
+        """Index one stored blob; return ``added=False`` with the existing row if the UID is known.
+
+        One transaction: patient, study and series rows are created if missing, then the
+        instance row. It is committed (and, on SQLite with fsync, synced) before returning.
+        """
+        now = received_at or utcnow()
+        try:
+            with self.write_session() as s:
+                patient_pk = self._get_or_create(
+                    s, Patient, Patient.patient_key, patient_key(keys),
+                    patient_id=keys.patient_id, patient_name=keys.patient_name,
+                    patient_name_folded=keys.patient_name_folded,
+                    birth_date=keys.patient_birth_date, sex=keys.patient_sex, created_at=now,
+                )
+                study_pk = self._get_or_create(
+                    s, Study, Study.study_instance_uid, keys.study_instance_uid,
+                    patient_pk=patient_pk, study_date=keys.study_date, study_time=keys.study_time,
+                    accession_number=keys.accession_number, study_description=keys.study_description,
+                    referring_physician_name=keys.referring_physician_name,
+                    referring_physician_folded=keys.referring_physician_folded,
+                    study_id=keys.study_id, created_at=now,
+                )
+                series_pk = self._get_or_create(
+                    s, Series, Series.series_instance_uid, keys.series_instance_uid,
+                    study_pk=study_pk, modality=keys.modality, series_number=keys.series_number,
+                    series_description=keys.series_description,
+                    body_part_examined=keys.body_part_examined, created_at=now,
+                )
+                stmt = (
+                    self._insert(Instance)
+                    .values(
+                        sop_instance_uid=keys.sop_instance_uid, series_pk=series_pk,
+                        sop_class_uid=keys.sop_class_uid, instance_number=keys.instance_number,
+                        transfer_syntax_uid=keys.transfer_syntax_uid, rows=keys.rows,
+                        columns=keys.columns, number_of_frames=keys.number_of_frames,
+                        size=blob.size, sha256=blob.sha256, blob_key=blob.key,
+                        received_at=now, calling_ae=calling_ae[:16], origin=origin[:16],
+                    )
+                    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+                )
+                if s.execute(stmt).rowcount == 1:
+                    return AddResult(added=True)
+                existing = self._record(s, keys.sop_instance_uid)
+                return AddResult(added=False, existing=existing)
+        except OperationalError as exc:
+            raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
+
+    def _get_or_create(self, s: Session, model: Any, key_col: Any, key: str, **values: Any) -> int:
+        stmt = (
+            self._insert(model)
+            .values({key_col.key: key, **values})
+            .on_conflict_do_nothing(index_elements=[key_col.key])
+        )
+        s.execute(stmt)
+        pk = s.execute(select(model.id).where(key_col == key)).scalar_one()
+        return int(pk)
+
+    def replace_blob(self, sop_instance_uid: str, blob: BlobInfo, *, origin: str, calling_ae: str = "") -> str:
+        """Point an instance at a new blob (the "overwrite" duplicate policy); return the old key."""
+        try:
+            with self.write_session() as s:
+                row = s.execute(
+                    select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+                ).scalar_one()
+                old = row.blob_key
+                row.blob_key, row.size, row.sha256 = blob.key, blob.size, blob.sha256
+                row.received_at, row.origin, row.calling_ae = utcnow(), origin[:16], calling_ae[:16]
+                return old
+        except OperationalError as exc:
+            raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
+
+    def clear(self) -> None:
+        """Delete every row (``pacs reindex`` rebuilds from the blob store afterwards)."""
+        with self.write_session() as s:
+            for model in (Instance, Series, Study, Patient):
+                s.execute(model.__table__.delete())
+
+    # -- reads --------------------------------------------------------------------
+
+    def _record(self, s: Session, sop_instance_uid: str) -> InstanceRecord | None:
+        row = s.execute(
+            select(Instance, Series.series_instance_uid, Study.study_instance_uid)
+            .join(Series, Instance.series_pk == Series.id)
+            .join(Study, Series.study_pk == Study.id)
+            .where(Instance.sop_instance_uid == sop_instance_uid)
+        ).first()
+        if row is None:
+            return None
+        inst, series_uid, study_uid = row
+        return InstanceRecord(
+            sop_instance_uid=inst.sop_instance_uid, series_instance_uid=series_uid,
+            study_instance_uid=study_uid, sop_class_uid=inst.sop_class_uid,
+            transfer_syntax_uid=inst.transfer_syntax_uid, blob_key=inst.blob_key,
+            size=inst.size, sha256=inst.sha256, received_at=inst.received_at,
+        )
+
+    def get_instance(self, sop_instance_uid: str) -> InstanceRecord | None:
+        try:
+            with self.session() as s:
+                return self._record(s, sop_instance_uid)
+        except OperationalError as exc:
+            raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
+
+    def iter_blobs(self, batch: int = 1000) -> Iterator[tuple[str, str, str, int]]:
+        """Yield ``(sop_instance_uid, blob_key, sha256, size)`` for every instance, in id order."""
+        last = 0
+        while True:
+            with self.session() as s:
+                rows = s.execute(
+                    select(Instance.id, Instance.sop_instance_uid, Instance.blob_key,
+                           Instance.sha256, Instance.size)
+                    .where(Instance.id > last).order_by(Instance.id).limit(batch)
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield row[1], row[2], row[3], row[4]
+            last = rows[-1][0]
+
+    def blob_keys(self) -> set[str]:
+        with self.session() as s:
+            return set(s.execute(select(Instance.blob_key)).scalars())
+
+    def counts(self) -> Counts:
+        with self.session() as s:
+            return Counts(
+                patients=s.scalar(select(func.count()).select_from(Patient)) or 0,
+                studies=s.scalar(select(func.count()).select_from(Study)) or 0,
+                series=s.scalar(select(func.count()).select_from(Series)) or 0,
+                instances=s.scalar(select(func.count()).select_from(Instance)) or 0,
+                bytes=s.scalar(select(func.coalesce(func.sum(Instance.size), 0))) or 0,
+            )
+
+    def create_all_for_tests(self) -> None:
+        """Create tables without Alembic (only for the migration-equivalence test)."""
+        Base.metadata.create_all(self.engine)
