@@ -9,6 +9,7 @@ never an index row without its bytes.
 from __future__ import annotations
 
 import enum
+from concurrent.futures import Future, ThreadPoolExecutor
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pacs.config import DuplicatePolicy
 from pacs.dicom import InstanceKeys
 from pacs.errors import DuplicateConflict, InvalidInstance, StorageUnavailable
-from pacs.store.blobs import BlobStore, new_blob_key
+from pacs.store.blobs import BlobInfo, BlobStore, new_blob_key
 from pacs.store.index import Index
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class IngestService:
         self.duplicate_policy = duplicate_policy
         #: 0 = no limit. Larger instances are refused as out of resources.
         self.max_instance_size = max_instance_size
+        self._writer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="blob-put")
 
     def store(self, raw: bytes, origin: Origin) -> StoreResult:
         """Store one Part 10 instance; return only when the blob and the index row are durable.
@@ -89,18 +91,19 @@ class IngestService:
             raise StorageUnavailable(
                 f"instance of {len(raw)} bytes exceeds the limit of {self.max_instance_size} bytes"
             )
-        keys = InstanceKeys.from_part10(raw)
-        uid = keys.sop_instance_uid
+        # The blob write (hash, write, fsync: mostly outside the GIL) runs while this thread
+        # parses. No index row is written before the blob is durable, and a blob nobody
+        # will index (bad input, a duplicate) is deleted again. Duplicates are found by the
+        # index insert itself (ON CONFLICT), so the usual case costs no extra query.
+        pending = self._writer.submit(self.blobs.put, new_blob_key(), raw)
+        try:
+            keys = InstanceKeys.from_part10(raw)
+            uid = keys.sop_instance_uid
+        except BaseException:
+            self._abandon(pending)
+            raise
 
-        known = self.index.get_instance(uid)
-        if known is not None:
-            sha = hashlib.sha256(raw).hexdigest()
-            if sha == known.sha256:
-                log.info("instance %s already stored (%s); nothing written", uid, origin)
-                return StoreResult(Outcome.ALREADY_STORED, keys, known.blob_key, sha, len(raw))
-            return self._conflict(raw, keys, known.blob_key, known.sha256, origin)
-
-        blob = self.blobs.put(new_blob_key(), raw)
+        blob = pending.result()  # StorageUnavailable propagates: nothing indexed
         try:
             added = self.index.add_instance(
                 keys, blob, origin=origin.kind, calling_ae=origin.calling_ae
@@ -112,12 +115,12 @@ class IngestService:
             log.debug("stored %s %s (%d bytes, %s)", keys.sop_class_uid, uid, blob.size, origin)
             return StoreResult(Outcome.STORED, keys, blob.key, blob.sha256, blob.size)
 
-        # Another association indexed the same UID between our check and our insert.
+        # Already indexed (a re-send, or another association won the race): keep one copy.
         self._discard(blob.key)
         existing = added.existing
         assert existing is not None
         if existing.sha256 == blob.sha256:
-            log.info("instance %s already stored concurrently (%s)", uid, origin)
+            log.info("instance %s already stored (%s); nothing kept", uid, origin)
             return StoreResult(Outcome.ALREADY_STORED, keys, existing.blob_key, blob.sha256, blob.size)
         return self._conflict(raw, keys, existing.blob_key, existing.sha256, origin)
 
@@ -143,6 +146,15 @@ class IngestService:
         self._discard(old)
         log.warning("instance %s re-sent with different content (%s): replaced (policy overwrite)", uid, origin)
         return StoreResult(Outcome.REPLACED, keys, blob.key, blob.sha256, blob.size)
+
+    def _abandon(self, pending: Future[BlobInfo]) -> BlobInfo | None:
+        """Wait for a blob write nobody will index, delete what it wrote, say what it was."""
+        try:
+            blob = pending.result()
+        except Exception:  # noqa: BLE001 - nothing was written, nothing to delete
+            return None
+        self._discard(blob.key)
+        return blob
 
     def _discard(self, key: str) -> None:
         """Best-effort removal of a blob nobody indexes; ``pacs verify`` reports it if this fails."""

@@ -45,11 +45,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def dicom_worker(settings: Settings, port: int, ready: MpEvent, stop: MpEvent) -> None:
-    """Body of one receiver process: open the services, listen, wait for stop, drain."""
+def dicom_worker(settings: Settings, port: int, ready: MpEvent) -> None:
+    """Body of one receiver process: open the services, listen until SIGTERM, drain."""
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stopping: list[int] = []
+    # Only a plain flag in the handler: a lock taken in a signal handler can deadlock
+    # with the same lock held by the code it interrupted.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
     setup_logging(settings.log_level)
     from pacs.scp.server import start_scp, stop_scp
     from pacs.services import build_services
@@ -57,7 +60,8 @@ def dicom_worker(settings: Settings, port: int, ready: MpEvent, stop: MpEvent) -
     services = build_services(settings)
     server = start_scp(settings, services.ingest, port)
     ready.set()
-    stop.wait()
+    while not stopping:
+        time.sleep(0.2)
     cut = stop_scp(server, STOP_GRACE)
     if cut:
         log.warning("aborted %d association(s) still running after %.0f s", cut, STOP_GRACE)
@@ -80,15 +84,15 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.ctx = mp.get_context("spawn")
-        self.stop_all = threading.Event()
-        self.workers: list[tuple[Any, MpEvent]] = []
+        self.stopping: list[int] = []
+        self.workers: list[Any] = []
         self.dicom_port = 0
         self.http_port = 0
 
-    def _spawn(self, n: int) -> tuple[Any, MpEvent]:
-        ready, stop = self.ctx.Event(), self.ctx.Event()
+    def _spawn(self, n: int) -> Any:
+        ready = self.ctx.Event()
         proc = self.ctx.Process(
-            target=dicom_worker, args=(self.settings, self.dicom_port, ready, stop),
+            target=dicom_worker, args=(self.settings, self.dicom_port, ready),
             name=f"dicom-{n}", daemon=False,
         )
         proc.start()
@@ -97,7 +101,7 @@ class Supervisor:
             raise RuntimeError(f"DICOM receiver {n} did not start (see the log above)")
         if not proc.is_alive():
             raise RuntimeError(f"DICOM receiver {n} exited at start (exit code {proc.exitcode})")
-        return proc, stop
+        return proc
 
     def run(self) -> int:
         s = self.settings
@@ -131,14 +135,15 @@ class Supervisor:
         print("pacs: ready (SIGTERM or Ctrl-C to stop)", flush=True)
 
         def on_signal(signum: int, _frame: Any) -> None:
-            self.stop_all.set()
+            self.stopping.append(signum)  # a plain flag: no locks inside a signal handler
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
-        while not self.stop_all.wait(0.5):
-            for i, (proc, stop) in enumerate(self.workers):
-                if not proc.is_alive() and not self.stop_all.is_set():
+        while not self.stopping:
+            time.sleep(0.25)
+            for i, proc in enumerate(self.workers):
+                if not proc.is_alive() and not self.stopping:
                     log.error("DICOM receiver %d exited (code %s); restarting it", i, proc.exitcode)
                     try:
                         self.workers[i] = self._spawn(i)
@@ -146,10 +151,11 @@ class Supervisor:
                         log.error("%s", exc)
 
         print("pacs: stopping: finishing running associations", flush=True)
-        for _proc, stop in self.workers:
-            stop.set()
+        for proc in self.workers:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: the receiver stops accepting and drains
         http.shutdown()
-        for proc, _stop in self.workers:
+        for proc in self.workers:
             proc.join(STOP_GRACE + 10)
             if proc.is_alive():
                 proc.kill()

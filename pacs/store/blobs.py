@@ -12,11 +12,10 @@ of replacing the bytes, so nothing is ever silently overwritten.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import secrets
-import tempfile
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +125,8 @@ class FilesystemBlobStore:
         self.root = Path(root)
         self.fsync = fsync
         self._tmp = self.root / ".tmp"
+        #: Fan-out folders known to exist (saves a mkdir per blob).
+        self._dirs: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"FilesystemBlobStore({str(self.root)!r})"
@@ -135,7 +136,7 @@ class FilesystemBlobStore:
 
     def ping(self) -> None:
         try:
-            self._tmp.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageUnavailable(f"blob folder {self.root} is not usable: {exc}") from exc
         if not os.access(self.root, os.W_OK):
@@ -145,39 +146,48 @@ class FilesystemBlobStore:
         path = self._path(key)
         digest = hashlib.sha256()
         size = 0
-        tmp_name: str | None = None
+        created = False
+        if path.parent not in self._dirs:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageUnavailable(f"cannot write blob {key}: {exc.strerror or exc}") from exc
+            self._dirs.add(path.parent)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
-            with os.fdopen(fd, "wb") as out:
+            # O_EXCL: write-once without a check-then-write race. A crash mid-write leaves
+            # a partial file under a key no index row names: an orphan ``pacs verify`` lists.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+            created = True
+            with os.fdopen(fd, "wb", buffering=0) as out:
                 for chunk in iter_chunks(data):
                     digest.update(chunk)
                     size += len(chunk)
-                    out.write(chunk)
-                out.flush()
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[out.write(view) :]
                 if self.fsync:
                     os.fsync(out.fileno())
-            # link() refuses an existing name: write-once without a check-then-write race.
-            os.link(tmp_name, path)
             if self.fsync:
+                # The new directory entry must be durable too, not only the file's bytes.
                 _fsync_dir(path.parent)
         except FileExistsError:
+            created = False
             raise
-        except OSError as exc:
-            if exc.errno == errno.EEXIST:
-                raise FileExistsError(key) from exc
-            raise StorageUnavailable(f"cannot write blob {key}: {exc.strerror or exc}") from exc
-        finally:
-            if tmp_name is not None:
+        except BaseException as exc:
+            # Whatever stopped the write (disk, the caller's stream, an interrupt), a
+            # half-written file must not keep the key or pass for a blob.
+            if created:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
+                    path.unlink()
+            if isinstance(exc, OSError):
+                raise StorageUnavailable(f"cannot write blob {key}: {exc.strerror or exc}") from exc
+            raise
         return BlobInfo(key=key, size=size, sha256=digest.hexdigest())
 
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError) as exc:
             raise BlobNotFound(key) from exc
         except OSError as exc:
             raise StorageUnavailable(f"cannot read blob {key}: {exc}") from exc
@@ -189,7 +199,7 @@ class FilesystemBlobStore:
             with open(self._path(key), "rb") as fh:
                 fh.seek(offset)
                 return fh.read(length)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError) as exc:
             raise BlobNotFound(key) from exc
         except OSError as exc:
             raise StorageUnavailable(f"cannot read blob {key}: {exc}") from exc
@@ -198,7 +208,7 @@ class FilesystemBlobStore:
     def open(self, key: str) -> Iterator[BinaryIO]:
         try:
             fh = open(self._path(key), "rb")
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError) as exc:
             raise BlobNotFound(key) from exc
         except OSError as exc:
             raise StorageUnavailable(f"cannot read blob {key}: {exc}") from exc
@@ -206,10 +216,16 @@ class FilesystemBlobStore:
             yield fh
 
     def size(self, key: str) -> int:
+        path = self._path(key)
         try:
-            return self._path(key).stat().st_size
+            st = path.stat()
         except FileNotFoundError as exc:
             raise BlobNotFound(key) from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot stat blob {key}: {exc}") from exc
+        if not stat.S_ISREG(st.st_mode):  # a folder of keys, not a blob
+            raise BlobNotFound(key)
+        return st.st_size
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -217,8 +233,8 @@ class FilesystemBlobStore:
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink()
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, IsADirectoryError):
+            pass  # absent, or a folder of keys: no blob to remove
         except OSError as exc:
             raise StorageUnavailable(f"cannot delete blob {key}: {exc}") from exc
 

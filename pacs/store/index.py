@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacs.dicom import InstanceKeys
@@ -114,6 +114,19 @@ class Index:
         self.engine = engine or make_engine(url, fsync=fsync)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._insert = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
+        # Built once: values go in as parameters so the compiled SQL is reused every time.
+        inst = Instance.__table__
+        self._insert_instance = (
+            self._insert(inst)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(inst.c.id)
+        )
+        self._lookup = select(inst.c.sha256, inst.c.blob_key).where(
+            inst.c.sop_instance_uid == bindparam("uid")
+        )
+        #: Series UID -> row id, so a series' later instances skip three look-ups.
+        #: A throwaway node-local cache: a miss or a stale entry costs a query, never data.
+        self._series_pk: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"Index({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -165,6 +178,14 @@ class Index:
 
     # -- writes -------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A Core connection in one write transaction (SQLite: lock taken at BEGIN)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+
     def add_instance(
         self, keys: InstanceKeys, blob: BlobInfo, *, origin: str, calling_ae: str = "",
         received_at: datetime | None = None,
@@ -173,58 +194,83 @@ class Index:
 
         One transaction: patient, study and series rows are created if missing, then the
         instance row. It is committed (and, on SQLite with fsync, synced) before returning.
+        Core statements, not the ORM: this runs once per received instance.
         """
         now = received_at or utcnow()
         try:
-            with self.write_session() as s:
-                patient_pk = self._get_or_create(
-                    s, Patient, Patient.patient_key, patient_key(keys),
-                    patient_id=keys.patient_id, patient_name=keys.patient_name,
-                    patient_name_folded=keys.patient_name_folded,
-                    birth_date=keys.patient_birth_date, sex=keys.patient_sex, created_at=now,
-                )
-                study_pk = self._get_or_create(
-                    s, Study, Study.study_instance_uid, keys.study_instance_uid,
-                    patient_pk=patient_pk, study_date=keys.study_date, study_time=keys.study_time,
-                    accession_number=keys.accession_number, study_description=keys.study_description,
-                    referring_physician_name=keys.referring_physician_name,
-                    referring_physician_folded=keys.referring_physician_folded,
-                    study_id=keys.study_id, created_at=now,
-                )
-                series_pk = self._get_or_create(
-                    s, Series, Series.series_instance_uid, keys.series_instance_uid,
-                    study_pk=study_pk, modality=keys.modality, series_number=keys.series_number,
-                    series_description=keys.series_description,
-                    body_part_examined=keys.body_part_examined, created_at=now,
-                )
-                stmt = (
-                    self._insert(Instance)
-                    .values(
-                        sop_instance_uid=keys.sop_instance_uid, series_pk=series_pk,
-                        sop_class_uid=keys.sop_class_uid, instance_number=keys.instance_number,
-                        transfer_syntax_uid=keys.transfer_syntax_uid, rows=keys.rows,
-                        columns=keys.columns, number_of_frames=keys.number_of_frames,
-                        size=blob.size, sha256=blob.sha256, blob_key=blob.key,
-                        received_at=now, calling_ae=calling_ae[:16], origin=origin[:16],
-                    )
-                    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-                )
-                if s.execute(stmt).rowcount == 1:
-                    return AddResult(added=True)
-                existing = self._record(s, keys.sop_instance_uid)
-                return AddResult(added=False, existing=existing)
+            try:
+                return self._add(keys, blob, origin, calling_ae, now)
+            except IntegrityError:
+                # A cached series row was deleted by another node: forget the cache, retry once.
+                self._series_pk.clear()
+                return self._add(keys, blob, origin, calling_ae, now)
         except OperationalError as exc:
             raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
 
-    def _get_or_create(self, s: Session, model: Any, key_col: Any, key: str, **values: Any) -> int:
-        stmt = (
-            self._insert(model)
-            .values({key_col.key: key, **values})
-            .on_conflict_do_nothing(index_elements=[key_col.key])
+    def _add(
+        self, keys: InstanceKeys, blob: BlobInfo, origin: str, calling_ae: str, now: datetime
+    ) -> AddResult:
+        table = Instance.__table__
+        with self._write() as conn:
+            series_pk = self._series_pk.get(keys.series_instance_uid)
+            if series_pk is None:
+                series_pk = self._parents(conn, keys, now)
+            params = dict(
+                sop_instance_uid=keys.sop_instance_uid, series_pk=series_pk,
+                sop_class_uid=keys.sop_class_uid, instance_number=keys.instance_number,
+                transfer_syntax_uid=keys.transfer_syntax_uid, rows=keys.rows,
+                columns=keys.columns, number_of_frames=keys.number_of_frames,
+                size=blob.size, sha256=blob.sha256, blob_key=blob.key,
+                received_at=now, calling_ae=calling_ae[:16], origin=origin[:16],
+            )
+            if conn.execute(self._insert_instance, params).first() is not None:
+                self._series_pk[keys.series_instance_uid] = series_pk
+                return AddResult(added=True)
+        return AddResult(added=False, existing=self.get_instance(keys.sop_instance_uid))
+
+    def _parents(self, conn: Connection, keys: InstanceKeys, now: datetime) -> int:
+        patient_pk = self._get_or_create(
+            conn, Patient, "patient_key", patient_key(keys),
+            patient_id=keys.patient_id, patient_name=keys.patient_name,
+            patient_name_folded=keys.patient_name_folded,
+            birth_date=keys.patient_birth_date, sex=keys.patient_sex, created_at=now,
         )
-        s.execute(stmt)
-        pk = s.execute(select(model.id).where(key_col == key)).scalar_one()
-        return int(pk)
+        study_pk = self._get_or_create(
+            conn, Study, "study_instance_uid", keys.study_instance_uid,
+            patient_pk=patient_pk, study_date=keys.study_date, study_time=keys.study_time,
+            accession_number=keys.accession_number, study_description=keys.study_description,
+            referring_physician_name=keys.referring_physician_name,
+            referring_physician_folded=keys.referring_physician_folded,
+            study_id=keys.study_id, created_at=now,
+        )
+        return self._get_or_create(
+            conn, Series, "series_instance_uid", keys.series_instance_uid,
+            study_pk=study_pk, modality=keys.modality, series_number=keys.series_number,
+            series_description=keys.series_description,
+            body_part_examined=keys.body_part_examined, created_at=now,
+        )
+
+    def _get_or_create(self, conn: Connection, model: Any, key_name: str, key: str, **values: Any) -> int:
+        table = model.__table__
+        key_col = table.c[key_name]
+        row = conn.execute(select(table.c.id).where(key_col == key)).first()
+        if row is not None:
+            return int(row[0])
+        conn.execute(
+            self._insert(table).values({key_name: key, **values})
+            .on_conflict_do_nothing(index_elements=[key_name])
+        )
+        return int(conn.execute(select(table.c.id).where(key_col == key)).scalar_one())
+
+    def lookup(self, sop_instance_uid: str) -> tuple[str, str] | None:
+        """``(sha256, blob_key)`` of an indexed instance, or None: the cheap pre-check of ingest."""
+        table = Instance.__table__
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(self._lookup, {"uid": sop_instance_uid}).first()
+        except OperationalError as exc:
+            raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
+        return None if row is None else (row[0], row[1])
 
     def replace_blob(self, sop_instance_uid: str, blob: BlobInfo, *, origin: str, calling_ae: str = "") -> str:
         """Point an instance at a new blob (the "overwrite" duplicate policy); return the old key."""
@@ -242,6 +288,7 @@ class Index:
 
     def clear(self) -> None:
         """Delete every row (``pacs reindex`` rebuilds from the blob store afterwards)."""
+        self._series_pk.clear()
         with self.write_session() as s:
             for model in (Instance, Series, Study, Patient):
                 s.execute(model.__table__.delete())
