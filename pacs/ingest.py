@@ -81,6 +81,10 @@ class IngestService:
         self.max_instance_size = max_instance_size
         self._writer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="blob-put")
 
+    def close(self) -> None:
+        """Stop the blob-writer threads (after the writes under way)."""
+        self._writer.shutdown(wait=True)
+
     def store(self, raw: bytes, origin: Origin) -> StoreResult:
         """Store one Part 10 instance; return only when the blob and the index row are durable.
 

@@ -9,6 +9,7 @@ coordination beyond what the database gives (and several nodes can run side by s
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import multiprocessing as mp
 import signal
@@ -83,15 +84,21 @@ class Supervisor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # The first receivers are forked before this process starts any thread: they share
+        # its imported modules page for page (copy-on-write), so N receivers cost far less
+        # memory than N fresh interpreters. A receiver restarted later, when the HTTP thread
+        # runs, is spawned fresh instead (forking a threaded process can copy a held lock).
+        self.fork_ctx = mp.get_context("fork")
         self.ctx = mp.get_context("spawn")
         self.stopping: list[int] = []
         self.workers: list[Any] = []
         self.dicom_port = 0
         self.http_port = 0
 
-    def _spawn(self, n: int) -> Any:
-        ready = self.ctx.Event()
-        proc = self.ctx.Process(
+    def _spawn(self, n: int, ctx: Any = None) -> Any:
+        ctx = ctx or self.ctx
+        ready = ctx.Event()
+        proc = ctx.Process(
             target=dicom_worker, args=(self.settings, self.dicom_port, ready),
             name=f"dicom-{n}", daemon=False,
         )
@@ -114,8 +121,17 @@ class Supervisor:
         holder = reserve_port(s.host, s.dicom_port)
         self.dicom_port = holder.getsockname()[1]
         n = s.resolved_dicom_workers
+        # Nothing of ours may be running in a thread or hold a connection across fork().
+        services.close()
+        import pacs.scp.server  # noqa: F401 - imported once here, shared by every receiver
+
+        gc.collect()
+        gc.freeze()  # keep the collector from touching (and so copying) the shared objects
+        use_fork = threading.active_count() == 1
         for i in range(n):
-            self.workers.append(self._spawn(i))
+            self.workers.append(self._spawn(i, self.fork_ctx if use_fork else self.ctx))
+        gc.unfreeze()
+        services = build_services(s)
 
         from werkzeug.serving import make_server
 

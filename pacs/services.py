@@ -33,6 +33,7 @@ class Services:
     ingest: IngestService
 
     def close(self) -> None:
+        self.ingest.close()
         self.index.dispose()
 
 

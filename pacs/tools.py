@@ -20,9 +20,13 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 
+#: Documentation kept next to DICOM files (README.md, SOURCES.md, LICENSE.txt): skipped in
+#: a folder walk, so importing sample_dicom/ rejects nothing. Named explicitly, still tried.
+NOT_DICOM_SUFFIXES = frozenset({".md", ".txt"})
+
 
 def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Every regular file under ``paths`` (recursive, sorted, hidden files skipped)."""
+    """Every regular file under ``paths`` (recursive, sorted; hidden, DICOMDIR and docs skipped)."""
     for p in paths:
         path = Path(p)
         if path.is_file():
@@ -31,7 +35,10 @@ def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
-                    if not name.startswith(".") and name.upper() != "DICOMDIR":
+                    if (
+                        not name.startswith(".") and name.upper() != "DICOMDIR"
+                        and Path(name).suffix.lower() not in NOT_DICOM_SUFFIXES
+                    ):
                         yield Path(dirpath) / name
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")

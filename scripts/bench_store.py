@@ -6,7 +6,7 @@ association each, each sending a disjoint contiguous share of a series) to get a
 every instance; from that instances/s and MB/s (MB = 10^6 bytes of Part 10 files), the peak
 resident memory of the server's process tree (psutil, every 50 ms, summed over the process and
 its children), and the C-STORE status of every instance (parsed from ``storescu -v``). Each
-configuration runs ``--repeat`` times; the table shows medians (peak RSS: the largest seen).
+configuration runs ``--repeat`` times; the table shows medians (peak memory: the largest seen, as PSS summed over the server's processes).
 
 By default every run stores *new* instances: before each run (outside the timed section) the
 series is copied with fresh Study/Series/SOP Instance UIDs, so a server never answers
@@ -347,7 +347,7 @@ def summarize(label: str, runs: list[RunResult]) -> dict[str, object]:
 def markdown_table(rows: list[dict[str, object]]) -> str:
     groups = sorted({g for r in rows for g in r["peak_rss_mb"]})  # type: ignore[union-attr]
     head = ["label", "assoc", "instances", "MB", "runs", "wall s (median, min-max)",
-            "inst/s", "MB/s", "failed"] + [f"peak RSS {g} MB" for g in groups]
+            "inst/s", "MB/s", "failed"] + [f"peak memory (PSS) {g} MB" for g in groups]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         peaks = r["peak_rss_mb"]

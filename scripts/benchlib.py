@@ -93,7 +93,12 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 def tree_rss(roots: Iterable[psutil.Process]) -> int:
-    """Resident bytes of ``roots`` and all their descendants, each process counted once."""
+    """Memory of ``roots`` and all their descendants, each process counted once.
+
+    PSS (proportional set size) where the kernel reports it: a page shared by the
+    receiver processes (forked from one parent) counts once in the sum, not once per
+    process as plain RSS would. Falls back to RSS elsewhere.
+    """
     seen: dict[int, int] = {}
     for root in roots:
         try:
@@ -104,7 +109,10 @@ def tree_rss(roots: Iterable[psutil.Process]) -> int:
             if p.pid in seen:
                 continue
             try:
-                seen[p.pid] = p.memory_info().rss
+                try:
+                    seen[p.pid] = p.memory_full_info().pss
+                except (AttributeError, psutil.AccessDenied):
+                    seen[p.pid] = p.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
     return sum(seen.values())

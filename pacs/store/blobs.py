@@ -115,10 +115,12 @@ def iter_chunks(data: bytes | BinaryIO) -> Iterator[bytes]:
 
 
 class FilesystemBlobStore:
-    """Blobs as files under ``root``: written to a temporary file, fsynced, then linked.
+    """Blobs as files under ``root/ab/cd/<key>``, created with ``O_EXCL`` and fsynced.
 
-    Durability: the file is fsynced before it gets its final name, and the directory
-    is fsynced after, so a blob that ``put`` returned survives a power cut.
+    Durability: the file and then its folder are fsynced before ``put`` returns, so a
+    blob that ``put`` returned survives a power cut. A crash in the middle of a write
+    leaves a partial file under a key that no index row names (an orphan for
+    ``pacs verify``); a failed write removes its partial file itself.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
@@ -156,7 +158,13 @@ class FilesystemBlobStore:
         try:
             # O_EXCL: write-once without a check-then-write race. A crash mid-write leaves
             # a partial file under a key no index row names: an orphan ``pacs verify`` lists.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError:
+                # A fan-out folder we had made was removed behind our back: make it again.
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, flags, 0o644)
             created = True
             with os.fdopen(fd, "wb", buffering=0) as out:
                 for chunk in iter_chunks(data):
