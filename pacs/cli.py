@@ -161,7 +161,20 @@ def settings(ctx: click.Context) -> None:
             continue
         if "secret" in name and value:
             value = "***"
+        elif name == "database_url" and value:
+            value = _hide_password(value)
         click.echo(f"{name} = {value}")
+
+
+def _hide_password(url: str) -> str:
+    """``url`` with its password shown as ``***`` (all of it when it does not parse)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "***"
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from pacs.services import Services
 from tests.fixtures.dcmtk import DcmtkTools, run_tool
 from tests.fixtures.server import PacsServer, backend_env, make_server
 from tests.test_dicom import minimal, part10
@@ -277,21 +278,29 @@ def test_concurrent_associations_overlapping_studies(
         services.close()
 
 
+def send_in_background(dcmtk: DcmtkTools, server: PacsServer, files: list[Path]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [dcmtk.storescu, "-aec", server.ae_title, "-v", "-xe", "127.0.0.1",
+         str(server.dicom_port), *map(str, files)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_for_instances(services: Services, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while services.index.counts().instances < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def test_sigterm_finishes_the_running_association(
     pacs_server: PacsServer, dcmtk: DcmtkTools, ct_series: Path
 ) -> None:
     files = sorted(ct_series.glob("*.dcm"))
-    proc = subprocess.Popen(
-        [dcmtk.storescu, "-aec", pacs_server.ae_title, "-v", "-xe", "127.0.0.1",
-         str(pacs_server.dicom_port), *map(str, files)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc = send_in_background(dcmtk, pacs_server, files)
     # Wait until the association is under way, then ask the server to stop.
     services = pacs_server.services()
     try:
-        deadline = time.monotonic() + 60
-        while services.index.counts().instances < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_instances(services, 3)
         assert pacs_server.stop() == 0
         out = proc.communicate(timeout=120)[0]
         assert proc.returncode == 0, out[-2000:]
@@ -305,16 +314,10 @@ def test_kill_9_mid_send_leaves_verify_clean(
     pacs_server: PacsServer, dcmtk: DcmtkTools, ct_series: Path
 ) -> None:
     files = sorted(ct_series.glob("*.dcm"))
-    proc = subprocess.Popen(
-        [dcmtk.storescu, "-aec", pacs_server.ae_title, "-v", "-xe", "127.0.0.1",
-         str(pacs_server.dicom_port), *map(str, files)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc = send_in_background(dcmtk, pacs_server, files)
     services = pacs_server.services()
     try:
-        deadline = time.monotonic() + 60
-        while services.index.counts().instances < len(files) // 3 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for_instances(services, len(files) // 3)
         pacs_server.kill()
         out = proc.communicate(timeout=120)[0]
         acknowledged = out.count("Received Store Response (Success)")
