@@ -79,7 +79,7 @@ class IngestService:
         self.duplicate_policy = duplicate_policy
         #: 0 = no limit. Larger instances are refused as out of resources.
         self.max_instance_size = max_instance_size
-        self._writer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="blob-put")
+        self._writer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-put")
 
     def close(self) -> None:
         """Stop the blob-writer threads (after the writes under way)."""

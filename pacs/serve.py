@@ -1,7 +1,7 @@
 """``pacs serve``: one supervisor process (HTTP + start-up work) and N DICOM receiver processes.
 
 Why processes: one Python process has one GIL, and receiving DICOM is CPU-bound Python
-(PDU decoding, parsing, hashing). Receivers share the DICOM port with SO_REUSEPORT;
+(PDU decoding, parsing, hashing). Receivers accept on one shared listening socket;
 everything durable is in the index database and the blob store, so they need no
 coordination beyond what the database gives (and several nodes can run side by side).
 """
@@ -46,7 +46,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def dicom_worker(settings: Settings, port: int, ready: MpEvent) -> None:
+def dicom_worker(settings: Settings, listener: socket.socket, ready: MpEvent) -> None:
     """Body of one receiver process: open the services, listen until SIGTERM, drain."""
     _die_with_parent()
     stopping: list[int] = []
@@ -59,7 +59,7 @@ def dicom_worker(settings: Settings, port: int, ready: MpEvent) -> None:
     from pacs.services import build_services
 
     services = build_services(settings)
-    server = start_scp(settings, services.ingest, port)
+    server = start_scp(settings, services.ingest, listener)
     ready.set()
     while not stopping:
         time.sleep(0.2)
@@ -67,16 +67,6 @@ def dicom_worker(settings: Settings, port: int, ready: MpEvent) -> None:
     if cut:
         log.warning("aborted %d association(s) still running after %.0f s", cut, STOP_GRACE)
     services.close()
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) with SO_REUSEPORT: fixes the port number when 0 is asked, and holds it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
 
 
 class Supervisor:
@@ -93,13 +83,14 @@ class Supervisor:
         self.stopping: list[int] = []
         self.workers: list[Any] = []
         self.dicom_port = 0
+        self.listener: socket.socket | None = None
         self.http_port = 0
 
     def _spawn(self, n: int, ctx: Any = None) -> Any:
         ctx = ctx or self.ctx
         ready = ctx.Event()
         proc = ctx.Process(
-            target=dicom_worker, args=(self.settings, self.dicom_port, ready),
+            target=dicom_worker, args=(self.settings, self.listener, ready),
             name=f"dicom-{n}", daemon=False,
         )
         proc.start()
@@ -118,8 +109,10 @@ class Supervisor:
         if s.load_samples and services.index.counts().instances == 0:
             self._load_samples(services)
 
-        holder = reserve_port(s.host, s.dicom_port)
-        self.dicom_port = holder.getsockname()[1]
+        from pacs.scp.server import make_listener
+
+        self.listener = make_listener(s.host, s.dicom_port)
+        self.dicom_port = self.listener.getsockname()[1]
         n = s.resolved_dicom_workers
         # Nothing of ours may be running in a thread or hold a connection across fork().
         services.close()
@@ -175,7 +168,7 @@ class Supervisor:
             proc.join(STOP_GRACE + 10)
             if proc.is_alive():
                 proc.kill()
-        holder.close()
+        self.listener.close()
         services.close()
         print("pacs: stopped", flush=True)
         return 0

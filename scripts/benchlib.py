@@ -306,7 +306,7 @@ def seaweedfs(workdir: Path, bucket: str = "pacs", timeout: float = 60.0) -> Ite
         weed, "mini", f"-dir={data}",
         "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
         f"-s3.config={config}", "-s3.allowDeleteBucketNotEmpty=false",
-        "-volume.max=8", "-master.volumeSizeLimitMB=64",
+        "-volume.max=16", "-master.volumeSizeLimitMB=1024",  # room for repeated 158 MB runs
         "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
         *(f"-{name}.port={port}" for name, port in ports.items()),
     ]

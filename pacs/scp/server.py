@@ -1,8 +1,7 @@
 """The DICOM listener: a pynetdicom AE with thin handlers over the ingest service.
 
-Performance notes (see README "Benchmarks"): the listening socket sets SO_REUSEPORT
-so several receiving processes can share one port (one GIL each), every accepted
-connection sets TCP_NODELAY (Nagle would stall each small DIMSE response), and we
+Performance notes (see README "Benchmarks"): several receiving processes (one GIL
+each) accept on one shared listening socket, every accepted connection sets TCP_NODELAY (Nagle would stall each small DIMSE response), and we
 advertise a large maximum PDU so instances arrive in few P-DATA PDUs.
 """
 
@@ -99,7 +98,7 @@ def handle_conn_open(event: evt.Event, loop_delay: float) -> None:
     event.assoc.dul._run_loop_delay = loop_delay
 
 
-def bind_handlers(ingest: IngestService, loop_delay: float = 0.0002) -> list[Any]:
+def bind_handlers(ingest: IngestService, loop_delay: float = 0.001) -> list[Any]:
     return [
         (evt.EVT_CONN_OPEN, handle_conn_open, [loop_delay]),
         (evt.EVT_C_ECHO, handle_echo),
@@ -122,37 +121,69 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-class ReusePortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, sharing its port with sibling processes."""
+class SharedListenerServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a listening socket shared by sibling processes.
+
+    Every receiver process waits on the same (non-blocking) socket. When a modality
+    connects, all of them wake and race to ``accept()``; a receiver that is already busy
+    waits a moment first, so new associations go to the least busy process. (Plain
+    SO_REUSEPORT hashes connections to processes blindly: four associations often end
+    up three on one process and one on the other.)
+    """
+
+    listener: socket.socket | None = None
 
     def server_bind(self) -> None:
-        sock = self.socket
-        assert sock is not None
-        # Several processes bind the same port; the kernel spreads connections (Linux 3.9+).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self.listener is None:
+            super().server_bind()
+            return
+        assert self.socket is not None
+        self.socket.close()  # the one socketserver made; we use the shared one instead
+        self.socket = self.listener
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listener is None:
+            super().server_activate()
+            self.socket.setblocking(False)  # type: ignore[union-attr]
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
+        busy = len(self.active_associations)
+        if busy:
+            time.sleep(min(0.002 * busy, 0.01))  # let an idle sibling take it
+        client, address = super().get_request()  # BlockingIOError if a sibling was faster
+        client.setblocking(True)
         # Without it every small PDU waits for the peer's delayed ACK (~40 ms).
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
 
 
-def start_scp(settings: Settings, ingest: IngestService, port: int | None = None) -> ReusePortServer:
-    """Start listening in a background thread; return the server (``server_address`` has the port)."""
+def make_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """The DICOM listening socket, created once and shared by every receiver process."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def start_scp(
+    settings: Settings, ingest: IngestService, listener: socket.socket | None = None
+) -> SharedListenerServer:
+    """Start serving in a background thread, on ``listener`` or on a socket of its own."""
     ae = build_ae(settings)
-    address = (settings.host, settings.dicom_port if port is None else port)
-    server = ae.make_server(
-        address, evt_handlers=bind_handlers(ingest), server_class=ReusePortServer
-    )
+    server_class = type("Server", (SharedListenerServer,), {"listener": listener})
+    address = listener.getsockname()[:2] if listener is not None else (settings.host, settings.dicom_port)
+    server = ae.make_server(address, evt_handlers=bind_handlers(ingest), server_class=server_class)
     thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
     thread.start()
     ae._servers.append(server)
     return server  # type: ignore[return-value]
 
 
-def stop_scp(server: ReusePortServer, grace: float = 30.0) -> int:
+def stop_scp(server: SharedListenerServer, grace: float = 30.0) -> int:
     """Stop accepting, let running associations finish (up to ``grace`` s); return how many were cut."""
     server.shutdown()
     deadline = time.monotonic() + grace

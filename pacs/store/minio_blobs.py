@@ -218,10 +218,13 @@ class MinioBlobStore:
         """Upload ``data`` under a new ``key``; ``FileExistsError`` if the key exists."""
         name = self._name(key)
         self._ensure_bucket()
-        # Servers that ignore If-None-Match would silently overwrite, so look first;
-        # the conditional PUT below then closes the race for servers that honour it.
-        if self._exists(key, "put"):
-            raise FileExistsError(key)
+        small = isinstance(data, (bytes, bytearray, memoryview)) and len(data) <= SINGLE_PUT_MAX
+        if not (small and _SDK_PUT_OBJECT is not None):
+            # Only where the conditional PUT cannot be sent (multipart, an SDK without
+            # headers) do we look first: one round trip less per instance otherwise.
+            # Keys are random (new_blob_key), so this guards against bugs, not chance.
+            if self._exists(key, "put"):
+                raise FileExistsError(key)
         if isinstance(data, (bytes, bytearray, memoryview)):
             length = len(data)
             reader = _HashingReader(io.BytesIO(data))
