@@ -30,7 +30,7 @@ class Settings:
     host: str = "0.0.0.0"
     dicom_port: int = 11112
     http_port: int = 8080
-    #: Receiving processes sharing the DICOM port (SO_REUSEPORT); 0 = one per CPU core.
+    #: Receiving processes sharing the DICOM listening socket; 0 = one per CPU core.
     dicom_workers: int = 0
     #: Largest P-DATA PDU we accept; 0 = unlimited (PS3.8 D.3.3.2.1), fewer PDUs per instance.
     max_pdu_size: int = 0
