@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,78 @@ def migrate(ctx: click.Context, data_dir: Path | None) -> None:
     services = build_services(_settings(ctx, data_dir=data_dir), migrate=True)
     click.echo(f"schema at revision {services.index.schema_revision()}")
     services.close()
+
+
+@main.group()
+def ae() -> None:
+    """Known DICOM peers (C-MOVE destinations); changes apply without a restart."""
+
+
+@contextlib.contextmanager
+def _registry(ctx: click.Context, data_dir: Path | None) -> Iterator[Any]:
+    """The AE registry on the configured index (schema brought up to date first)."""
+    from pacs.services import open_index
+    from pacs.store.aes import AERegistry
+
+    s = _settings(ctx, data_dir=data_dir)
+    index = open_index(s)
+    try:
+        index.migrate()
+        yield AERegistry(index, s.remote_aes)
+    except PacsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        index.dispose()
+
+
+@ae.command("add")
+@click.argument("name")
+@click.argument("ae_title", metavar="AET")
+@click.argument("host")
+@click.argument("port", type=click.IntRange(1, 65535))
+@_data_dir
+@click.option("--no-store", is_flag=True, help="Refuse C-STORE from this AE (as calling AE).")
+@click.option("--no-query", is_flag=True, help="Refuse C-FIND from this AE.")
+@click.option("--no-retrieve", is_flag=True, help="Refuse C-MOVE / C-GET from this AE.")
+@click.pass_context
+def ae_add(ctx: click.Context, name: str, ae_title: str, host: str, port: int,
+           data_dir: Path | None, no_store: bool, no_query: bool, no_retrieve: bool) -> None:
+    """Register peer NAME: AE title AET listening on HOST:PORT."""
+    with _registry(ctx, data_dir) as registry:
+        peer = registry.add(name, ae_title, host, port, may_store=not no_store,
+                            may_query=not no_query, may_retrieve=not no_retrieve)
+    click.echo(f"added {peer.name}: {peer.ae_title}@{peer.host}:{peer.port}")
+
+
+@ae.command("list")
+@_data_dir
+@click.pass_context
+def ae_list(ctx: click.Context, data_dir: Path | None) -> None:
+    """List known peers (from the database and the remote_aes setting)."""
+    with _registry(ctx, data_dir) as registry:
+        peers = registry.peers()
+    if not peers:
+        click.echo("no remote AEs")
+    for p in peers:
+        denied = [w for w, ok in (("store", p.may_store), ("query", p.may_query),
+                                  ("retrieve", p.may_retrieve)) if not ok]
+        extra = f"  denied: {','.join(denied)}" if denied else ""
+        click.echo(f"{p.name}\t{p.ae_title}\t{p.host}\t{p.port}\t{p.source}{extra}")
+
+
+@ae.command("remove")
+@click.argument("name")
+@_data_dir
+@click.pass_context
+def ae_remove(ctx: click.Context, name: str, data_dir: Path | None) -> None:
+    """Forget peer NAME (exit 1 if it is not registered in the database)."""
+    with _registry(ctx, data_dir) as registry:
+        gone = registry.remove(name)
+        configured = registry.get(name) if not gone else None
+    if not gone:
+        hint = " (it comes from the remote_aes setting)" if configured else ""
+        raise click.ClickException(f"no remote AE named {name!r} in the database{hint}")
+    click.echo(f"removed {name}")
 
 
 @main.command()

@@ -59,6 +59,14 @@ class Settings:
     #: Largest instance accepted, in MiB (0 = no limit); larger ones are refused (0xA700 / 413).
     max_instance_mb: int = 2048
 
+    # Query/Retrieve.
+    #: Most C-FIND answers per query (0 = no limit); past it the first N are answered and it is logged.
+    find_limit: int = 1000
+
+    # Query/Retrieve.
+    #: Known peers besides ``pacs ae add``: ``NAME=AET@HOST:PORT`` entries, comma-separated.
+    remote_aes: str = ""
+
     # Start-up.
     #: Import ``sample_dicom/`` into an empty archive at the first start.
     load_samples: bool = True
@@ -150,6 +158,12 @@ def _validated(settings: Settings) -> Settings:
             raise ConfigError(f"{name} must be 0-65535, not {port}")
     if settings.max_pdu_size < 0:
         raise ConfigError("max_pdu_size must be 0 (unlimited) or positive")
+    if settings.find_limit < 0:
+        raise ConfigError("find_limit must be 0 (no limit) or positive")
+    if settings.remote_aes.strip():
+        from pacs.store.aes import parse_remote_aes
+
+        parse_remote_aes(settings.remote_aes)  # ConfigError on a bad entry
     if settings.blob_backend == "minio" and not settings.minio_endpoint:
         raise ConfigError("blob_backend=minio needs minio_endpoint")
     return settings

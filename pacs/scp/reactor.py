@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import threading
 import time
 import weakref
@@ -36,8 +37,9 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
 #: Longest an idle reactor sleeps before re-checking its timers and flags.
-IDLE_WAIT = 0.02
+IDLE_WAIT = 0.005
 
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _installed = False
 _pipe_lock = threading.Lock()
 
@@ -88,6 +90,11 @@ class _DulClock:
             return
         r, _w = _wake_pipe(dul)
         try:
+            if _QUICKACK is not None:
+                # Many SCUs (dcmtk among them) leave Nagle on and write a PDU in two
+                # parts; the second waits for our ACK, which Linux delays ~40 ms. While
+                # we wait for the peer, ACK at once (not sticky: set before each wait).
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
             ready, _, _ = select.select([sock, r], [], [], IDLE_WAIT)
         except (OSError, ValueError):  # socket closed under us: behave as before
             time.sleep(seconds)

@@ -16,13 +16,16 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, _config, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.config import Settings
 from pacs.errors import DuplicateConflict, InvalidInstance, StorageUnavailable
 from pacs.ingest import IngestService, Origin, Outcome
+from pacs.scp.find import find_contexts, handle_find
+from pacs.scp.retrieve import IDENTIFIER_SYNTAXES, bind_retrieve_handlers, retrieve_contexts
+from pacs.store.index import Index
+from pacs.scp import reactor
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 _config.UNRESTRICTED_STORAGE_SERVICE = True
 # pynetdicom logs every PDU at "standard" level: per-PDU Python work we do not want.
 _config.LOG_HANDLER_LEVEL = "none"
+# Its reactor threads poll with 1 ms sleeps; make them wait for work instead.
+reactor.install()
 
 # DIMSE status codes (PS3.4 Annex B.2.3 for C-STORE, PS3.7 Annex C for general ones).
 SUCCESS = 0x0000
@@ -88,26 +93,30 @@ def handle_store(event: evt.Event, ingest: IngestService) -> int | Dataset:
     return SUCCESS
 
 
-def handle_conn_open(event: evt.Event, loop_delay: float) -> None:
-    """EVT_CONN_OPEN: shorten pynetdicom's DUL polling sleep for this association.
-
-    pynetdicom's DUL reactor polls its socket and queues, sleeping 1 ms whenever idle;
-    with one instance per request/response round trip that sleep is paid several times
-    per instance. A shorter one trades a little idle CPU for lower latency.
-    """
-    event.assoc.dul._run_loop_delay = loop_delay
-
-
-def bind_handlers(ingest: IngestService, loop_delay: float = 0.001) -> list[Any]:
+def bind_handlers(
+    ingest: IngestService, index: Index | None = None, settings: Settings | None = None,
+) -> list[Any]:
+    index = index if index is not None else ingest.index
     return [
-        (evt.EVT_CONN_OPEN, handle_conn_open, [loop_delay]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ingest]),
+        (evt.EVT_C_FIND, handle_find, [index, settings or Settings()]),
+        # --- C-MOVE / C-GET (issue 3, pacs/scp/retrieve.py) ---
+        *bind_retrieve_handlers(index, ingest.blobs, settings or Settings()),
+        # --- end C-MOVE / C-GET ---
     ]
 
 
 def build_ae(settings: Settings) -> AE:
-    """The Application Entity: every storage class x every transfer syntax, plus Verification."""
+    """The Application Entity: every storage class, Verification, C-FIND, C-MOVE, C-GET.
+
+    Storage SOP classes are not listed as supported contexts: with
+    ``UNRESTRICTED_STORAGE_SERVICE`` pynetdicom accepts any storage context a peer
+    proposes, in the first transfer syntax it proposes, and grants both roles when a
+    C-GET requestor asks for SCP/SCU role selection (PS3.7 D.3.3.4, PS3.4 C.4.3).
+    Listing ~150 classes x 39 syntaxes would cost nothing in negotiation but pynetdicom
+    deep-copies the supported list for every association: 38 ms each, measured here.
+    """
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.maximum_associations = settings.max_associations
@@ -116,8 +125,10 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.network_timeout
     syntaxes = list(AllTransferSyntaxes)
     ae.add_supported_context(Verification, syntaxes)
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, syntaxes)
+    for abstract in retrieve_contexts():
+        ae.add_supported_context(abstract, IDENTIFIER_SYNTAXES)
+    for abstract in find_contexts():
+        ae.add_supported_context(abstract, syntaxes)
     return ae
 
 
@@ -176,7 +187,7 @@ def start_scp(
     ae = build_ae(settings)
     server_class = type("Server", (SharedListenerServer,), {"listener": listener})
     address = listener.getsockname()[:2] if listener is not None else (settings.host, settings.dicom_port)
-    server = ae.make_server(address, evt_handlers=bind_handlers(ingest), server_class=server_class)
+    server = ae.make_server(address, evt_handlers=bind_handlers(ingest, ingest.index, settings), server_class=server_class)
     thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
     thread.start()
     ae._servers.append(server)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, MetaData, String
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
@@ -29,13 +29,19 @@ class Base(DeclarativeBase):
 
 class Patient(Base):
     __tablename__ = "patient"
+    # Name prefix search (C-FIND / QIDO wildcards): on PostgreSQL ``LIKE 'X%'`` can use a B-tree
+    # index only with the pattern operator class when the database collation is not "C".
+    __table_args__ = (
+        Index("ix_patient_name_folded", "patient_name_folded",
+              postgresql_ops={"patient_name_folded": "varchar_pattern_ops"}),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     #: Identity of the patient in this archive: PatientID, or name+birth date when it is empty.
     patient_key: Mapped[str] = mapped_column(String(420), unique=True)
     patient_id: Mapped[str] = mapped_column(String(64), index=True, default="")
     patient_name: Mapped[str] = mapped_column(String(324), default="")
-    patient_name_folded: Mapped[str] = mapped_column(String(324), index=True, default="")
+    patient_name_folded: Mapped[str] = mapped_column(String(324), default="")
     birth_date: Mapped[str] = mapped_column(String(8), default="")
     sex: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -45,6 +51,10 @@ class Patient(Base):
 
 class Study(Base):
     __tablename__ = "study"
+    __table_args__ = (
+        Index("ix_study_referring_physician_folded", "referring_physician_folded",
+              postgresql_ops={"referring_physician_folded": "varchar_pattern_ops"}),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -64,6 +74,8 @@ class Study(Base):
 
 class Series(Base):
     __tablename__ = "series"
+    # ModalitiesInStudy per study read from the index alone (PS3.4 C.6.2.1.2).
+    __table_args__ = (Index("ix_series_study_modality", "study_pk", "modality"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -100,3 +112,24 @@ class Instance(Base):
     origin: Mapped[str] = mapped_column(String(16), default="")
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class RemoteAE(Base):
+    """A known DICOM peer (``pacs ae add``): a C-MOVE destination and, optionally, a restricted caller.
+
+    ``name`` is the operator's handle; ``ae_title`` is what goes on the wire (PS3.5 AE VR,
+    up to 16 characters). The ``may_*`` flags restrict what this AE may ask of us when it
+    is the calling AE; callers that are not registered are not restricted.
+    """
+
+    __tablename__ = "remote_ae"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    ae_title: Mapped[str] = mapped_column(String(16), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    may_store: Mapped[bool] = mapped_column(Boolean, default=True)
+    may_query: Mapped[bool] = mapped_column(Boolean, default=True)
+    may_retrieve: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""STUDY-level C-FIND latency at 100,000 studies, timed with DCMTK ``findscu``.
+
+What it measures: the wall time of one ``/usr/bin/findscu -S`` process (process start,
+association, one C-FIND, release) against ``pacs serve`` on SQLite and on PostgreSQL
+(embedded, started here), for four queries: an exact PatientID, a one-day StudyDate range,
+and a Vietnamese name prefix written without and with accents that matches a few dozen
+studies. Every query asks for the usual worklist keys plus ModalitiesInStudy and
+NumberOfStudyRelatedSeries/Instances. Median and p95 over ``--runs`` runs each.
+
+The index is filled by a **benchmark-only bulk path**: rows go straight into the four
+tables with SQLAlchemy Core ``executemany`` (one series and one instance per study, blob
+keys that point nowhere), skipping the ingest service and the blob store. It builds the
+same rows the ingest path would (names folded with :func:`pacs.dicom.fold_text`), only
+fast. Never use it for real data. Names are synthetic, drawn with Vietnamese family-name
+frequencies (Nguyễn ~38 %, Trần ~11 %, …).
+
+Example::
+
+    .venv/bin/python scripts/bench_find.py --studies 100000 --runs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+try:
+    from scripts import benchlib
+except ImportError:  # run as `python scripts/bench_find.py`
+    import benchlib  # type: ignore[no-redef]
+
+from pacs.dicom import fold_text  # noqa: E402
+from pacs.store.index import Index  # noqa: E402
+from pacs.store.models import Instance, Patient, Series, Study  # noqa: E402
+
+FINDSCU = "/usr/bin/findscu"
+FAMILY = [("Nguyễn", 38), ("Trần", 11), ("Lê", 9.5), ("Phạm", 7), ("Hoàng", 5), ("Huỳnh", 4),
+          ("Phan", 4), ("Vũ", 3.9), ("Võ", 3.9), ("Đặng", 2.1), ("Bùi", 2), ("Đỗ", 1.4),
+          ("Hồ", 1.3), ("Ngô", 1.3), ("Dương", 1), ("Lý", 0.5)]
+MIDDLE = ["Văn", "Thị", "Minh", "Đức", "Quốc", "Ngọc", "Thanh", "Hữu", "Xuân", "Hoài"]
+GIVEN = ["An", "Anh", "Bình", "Châu", "Chi", "Cường", "Dũng", "Dung", "Duy", "Giang", "Hà", "Hải",
+         "Hạnh", "Hiếu", "Hoa", "Hùng", "Hương", "Huy", "Khánh", "Khoa", "Lan", "Linh", "Long",
+         "Mai", "My", "Nam", "Nga", "Ngân", "Nhung", "Phong", "Phúc", "Phương", "Quân", "Quang",
+         "Sơn", "Tâm", "Thảo", "Thắng", "Thành", "Thủy", "Tiến", "Trang", "Trung", "Tú", "Tuấn",
+         "Uyên", "Vân", "Việt", "Vinh", "Yến"]
+MODALITIES = ["CT", "MR", "CR", "DX", "US", "MG"]
+DAY0 = date(2024, 1, 1)
+DAYS = 3 * 365
+QUERY_KEYS = ["StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "StudyTime",
+              "AccessionNumber", "StudyDescription", "ModalitiesInStudy",
+              "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]
+
+
+def fill(url: str, studies: int, seed: int = 1) -> None:
+    """Benchmark-only bulk fill (see the module docstring)."""
+    rnd = random.Random(seed)
+    index = Index(url, fsync=False)
+    index.migrate()
+    now = datetime.now(timezone.utc)
+    n_patients = int(studies * 0.7)
+    names, weights = zip(*FAMILY)
+    patients = []
+    for i in range(n_patients):
+        name = f"{rnd.choices(names, weights)[0]}^{rnd.choice(MIDDLE)} {rnd.choice(GIVEN)}"
+        pid = f"BN{i:07d}"
+        patients.append(dict(id=i + 1, patient_key="id:" + pid, patient_id=pid, patient_name=name,
+                             patient_name_folded=fold_text(name),
+                             birth_date=f"{rnd.randint(1930, 2020)}{rnd.randint(1, 12):02d}{rnd.randint(1, 28):02d}",
+                             sex=rnd.choice("MF"), created_at=now))
+    study_rows, series_rows, inst_rows = [], [], []
+    for i in range(studies):
+        day = DAY0 + timedelta(days=rnd.randrange(DAYS))
+        study_rows.append(dict(
+            id=i + 1, study_instance_uid=f"1.2.826.0.1.3680043.10.2000.1.{i + 1}",
+            patient_pk=rnd.randint(1, n_patients) if i >= n_patients else i + 1,
+            study_date=day.strftime("%Y%m%d"), study_time=f"{rnd.randint(7, 18):02d}{rnd.randint(0, 59):02d}00",
+            accession_number=f"ACC{i:08d}", study_description="Chụp cắt lớp", referring_physician_name="",
+            referring_physician_folded="", study_id=str(i % 1000), created_at=now))
+        series_rows.append(dict(
+            id=i + 1, series_instance_uid=f"1.2.826.0.1.3680043.10.2000.2.{i + 1}", study_pk=i + 1,
+            modality=rnd.choice(MODALITIES), series_number=1, series_description="",
+            body_part_examined="", created_at=now))
+        inst_rows.append(dict(
+            id=i + 1, sop_instance_uid=f"1.2.826.0.1.3680043.10.2000.3.{i + 1}", series_pk=i + 1,
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2", instance_number=1,
+            transfer_syntax_uid="1.2.840.10008.1.2.1", rows=512, columns=512, number_of_frames=1,
+            size=0, sha256="0" * 64, blob_key=f"bench/{i + 1}", received_at=now, calling_ae="BENCH",
+            origin="bench"))
+    with index.engine.begin() as conn:
+        for table, rows in ((Patient.__table__, patients), (Study.__table__, study_rows),
+                            (Series.__table__, series_rows), (Instance.__table__, inst_rows)):
+            for k in range(0, len(rows), 10000):
+                conn.execute(table.insert(), rows[k: k + 10000])
+        if index.engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE")
+            for table in ("patient", "study", "series", "instance"):  # serial ids were given explicitly
+                conn.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                     f"(SELECT max(id) FROM {table}))")
+        else:
+            conn.exec_driver_sql("ANALYZE")
+    index.dispose()
+
+
+def findscu(port: int, keys: list[str]) -> tuple[float, int]:
+    args = [FINDSCU, "-v", "-S", "-aet", "BENCH", "-aec", "MINIPACS",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", "SpecificCharacterSet=ISO_IR 192"]
+    for k in QUERY_KEYS:
+        if not any(q.startswith(k + "=") for q in keys):
+            args += ["-k", k]
+    for k in keys:
+        args += ["-k", k]
+    t0 = time.perf_counter()
+    out = subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    text = out.stdout + out.stderr
+    if out.returncode != 0 or "Final Find Response (Success)" not in text:
+        raise RuntimeError(f"findscu failed:\n{text[-2000:]}")
+    return elapsed, text.count("(Pending)")
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+
+
+def bench(label: str, url: str, workdir: Path, args: argparse.Namespace) -> list[tuple[str, ...]]:
+    t0 = time.perf_counter()
+    fill(url, args.studies)
+    print(f"{label}: filled {args.studies} studies in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env.update({"PACS_DATABASE_URL": url, "PACS_FSYNC": "false", "PACS_LOG_LEVEL": "WARNING"})
+    queries = [
+        ("exact PatientID", ["PatientID=BN0012345"]),
+        ("one-day StudyDate range", ["StudyDate=20250315-20250315"]),
+        ("name prefix, no accents", ["PatientName=dang quoc h*"]),
+        ("name prefix, accents", ["PatientName=Đặng^Quốc H*"]),
+    ]
+    rows = []
+    with benchlib.pacs_server(workdir / f"data-{label}", env) as server:
+        for name, keys in queries:
+            findscu(server.dicom_port, keys)  # warm-up (connection pool, page cache)
+            times, counts = [], set()
+            for _ in range(args.runs):
+                elapsed, n = findscu(server.dicom_port, keys)
+                times.append(elapsed * 1000)
+                counts.add(n)
+            rows.append((label, name, "/".join(map(str, sorted(counts))),
+                         f"{statistics.median(times):.1f}", f"{p95(times):.1f}"))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    args = parser.parse_args()
+    workdir = benchlib.fresh_workdir("minipacs-bench-find-")
+    rows: list[tuple[str, ...]] = []
+    for backend in args.backends.split(","):
+        with contextlib.ExitStack() as stack:
+            if backend == "sqlite":
+                url = f"sqlite:///{workdir / 'index.sqlite'}"
+            else:
+                url = stack.enter_context(benchlib.embedded_postgres(workdir / "pg", "pacs")).url
+            rows += bench(backend, url, workdir, args)
+    print(f"\nSTUDY-level C-FIND, {args.studies:,} studies, {args.runs} runs each, "
+          "findscu process start included (ms)\n")
+    print("| index | query | answers | median | p95 |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
