@@ -83,7 +83,7 @@ class Settings:
 
     @property
     def resolved_blob_dir(self) -> Path:
-        return Path(self.blob_dir) if self.blob_dir else Path(self.data_dir) / "blobs"
+        return Path(self.blob_dir) if self.blob_dir else Path(self.data_dir).resolve() / "blobs"
 
     @property
     def resolved_samples_dir(self) -> Path:

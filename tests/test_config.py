@@ -13,7 +13,7 @@ def test_defaults_embedded() -> None:
     assert s == Settings()
     assert s.blob_backend == "filesystem"
     assert s.resolved_database_url.startswith("sqlite:///")
-    assert s.resolved_blob_dir == Path("data") / "blobs"
+    assert s.resolved_blob_dir == Path("data").resolve() / "blobs"
 
 
 def test_precedence(tmp_path: Path) -> None:
