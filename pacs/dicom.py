@@ -13,7 +13,6 @@ import pydicom.config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
 
 from pacs.errors import InvalidInstance
 
@@ -322,12 +321,3 @@ def _check_pixels(ds: Dataset, elems: dict[int, RawDataElement], ts: str) -> Non
         expected = expected * 2 // 3
     if pixel.length < expected:
         raise InvalidInstance(f"pixel data truncated: {pixel.length} bytes, expected {expected}")
-
-
-def uid_name(uid: str) -> str:
-    """A readable name for a UID (for logs), or the UID itself."""
-    try:
-        name = UID(uid).name
-    except Exception:  # noqa: BLE001 - unknown UIDs are fine
-        return uid
-    return name or uid

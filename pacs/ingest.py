@@ -120,18 +120,21 @@ class IngestService:
             return StoreResult(Outcome.STORED, keys, blob.key, blob.sha256, blob.size)
 
         # Already indexed (a re-send, or another association won the race): keep one copy.
-        self._discard(blob.key)
         existing = added.existing
         assert existing is not None
         if existing.sha256 == blob.sha256:
+            self._discard(blob.key)
             log.info("instance %s already stored (%s); nothing kept", uid, origin)
             return StoreResult(Outcome.ALREADY_STORED, keys, existing.blob_key, blob.sha256, blob.size)
-        return self._conflict(raw, keys, existing.blob_key, existing.sha256, origin)
+        return self._conflict(blob, keys, existing.blob_key, existing.sha256, origin)
 
     def _conflict(
-        self, raw: bytes, keys: InstanceKeys, old_key: str, old_sha: str, origin: Origin
+        self, blob: BlobInfo, keys: InstanceKeys, old_key: str, old_sha: str, origin: Origin
     ) -> StoreResult:
+        """Different bytes under a known UID: the new ``blob`` is kept only by ``overwrite``."""
         uid = keys.sop_instance_uid
+        if self.duplicate_policy != "overwrite":
+            self._discard(blob.key)
         if self.duplicate_policy == "reject":
             log.warning("instance %s re-sent with different content (%s): rejected by policy", uid, origin)
             raise DuplicateConflict(f"SOP Instance UID {uid} is already stored with different content")
@@ -140,8 +143,7 @@ class IngestService:
                 "instance %s re-sent with different content (%s): kept the first copy (policy keep-first)",
                 uid, origin,
             )
-            return StoreResult(Outcome.KEPT_FIRST, keys, old_key, old_sha, len(raw))
-        blob = self.blobs.put(new_blob_key(), raw)
+            return StoreResult(Outcome.KEPT_FIRST, keys, old_key, old_sha, blob.size)
         try:
             old = self.index.replace_blob(uid, blob, origin=origin.kind, calling_ae=origin.calling_ae)
         except BaseException:

@@ -115,8 +115,8 @@ class Supervisor:
         self.dicom_port = self.listener.getsockname()[1]
         n = s.resolved_dicom_workers
         # Nothing of ours may be running in a thread or hold a connection across fork().
+        # pacs.scp.server is imported above (make_listener): every receiver shares it.
         services.close()
-        import pacs.scp.server  # noqa: F401 - imported once here, shared by every receiver
 
         gc.collect()
         gc.freeze()  # keep the collector from touching (and so copying) the shared objects

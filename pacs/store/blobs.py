@@ -126,7 +126,6 @@ class FilesystemBlobStore:
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
-        self._tmp = self.root / ".tmp"
         #: Fan-out folders known to exist (saves a mkdir per blob).
         self._dirs: set[Path] = set()
 
@@ -252,8 +251,6 @@ class FilesystemBlobStore:
         for dirpath, dirnames, filenames in os.walk(self.root):
             rel_dir = os.path.relpath(dirpath, self.root)
             if rel_dir == ".":
-                # The temporary folder holds half-written files, never blobs.
-                dirnames[:] = [d for d in dirnames if d != self._tmp.name]
                 rel_dir = ""
             for name in filenames:
                 key = f"{rel_dir}/{name}" if rel_dir else name

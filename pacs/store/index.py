@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pacs.dicom import InstanceKeys
 from pacs.errors import StorageUnavailable
 from pacs.store.blobs import BlobInfo
-from pacs.store.models import Base, Instance, Patient, Series, Study
+from pacs.store.models import Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,6 @@ class Index:
             self._insert(inst)
             .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
             .returning(inst.c.id)
-        )
-        self._lookup = select(inst.c.sha256, inst.c.blob_key).where(
-            inst.c.sop_instance_uid == bindparam("uid")
         )
         #: Series UID -> row id, so a series' later instances skip three look-ups.
         #: A throwaway node-local cache: a miss or a stale entry costs a query, never data.
@@ -262,16 +259,6 @@ class Index:
         )
         return int(conn.execute(select(table.c.id).where(key_col == key)).scalar_one())
 
-    def lookup(self, sop_instance_uid: str) -> tuple[str, str] | None:
-        """``(sha256, blob_key)`` of an indexed instance, or None: the cheap pre-check of ingest."""
-        table = Instance.__table__
-        try:
-            with self.engine.connect() as conn:
-                row = conn.execute(self._lookup, {"uid": sop_instance_uid}).first()
-        except OperationalError as exc:
-            raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
-        return None if row is None else (row[0], row[1])
-
     def replace_blob(self, sop_instance_uid: str, blob: BlobInfo, *, origin: str, calling_ae: str = "") -> str:
         """Point an instance at a new blob (the "overwrite" duplicate policy); return the old key."""
         try:
@@ -335,10 +322,6 @@ class Index:
                 yield row[1], row[2], row[3], row[4]
             last = rows[-1][0]
 
-    def blob_keys(self) -> set[str]:
-        with self.session() as s:
-            return set(s.execute(select(Instance.blob_key)).scalars())
-
     def counts(self) -> Counts:
         with self.session() as s:
             return Counts(
@@ -348,7 +331,3 @@ class Index:
                 instances=s.scalar(select(func.count()).select_from(Instance)) or 0,
                 bytes=s.scalar(select(func.coalesce(func.sum(Instance.size), 0))) or 0,
             )
-
-    def create_all_for_tests(self) -> None:
-        """Create tables without Alembic (only for the migration-equivalence test)."""
-        Base.metadata.create_all(self.engine)

@@ -275,16 +275,6 @@ def test_invalid_keys_are_refused(blob_store: BlobStore, key: str) -> None:
 # -- filesystem only -----------------------------------------------------------
 
 
-def test_filesystem_never_lists_its_temporary_folder(tmp_path: Path) -> None:
-    store = FilesystemBlobStore(tmp_path)
-    store.put("aa/bb/real", b"x")
-    (tmp_path / ".tmp").mkdir(exist_ok=True)
-    (tmp_path / ".tmp" / "put-halfwritten").write_bytes(b"partial")
-
-    assert list(store.keys()) == ["aa/bb/real"]
-    assert list(store.keys(".tmp")) == []
-
-
 def test_filesystem_refused_put_leaves_no_stray_file(tmp_path: Path) -> None:
     store = FilesystemBlobStore(tmp_path)
     store.put("aa/bb/x", b"first")
