@@ -47,6 +47,7 @@ _data_dir = click.option("--data-dir", type=click.Path(file_okay=False, path_typ
 @click.option("--http-port", type=int, help="HTTP port (0 = pick a free one).")
 @click.option("--ae-title", help="Our AE title.")
 @click.option("--workers", "dicom_workers", type=int, help="DICOM receiver processes (0 = one per core).")
+@click.option("--http-workers", "http_workers", type=int, help="HTTP worker processes (0 = one per core).")
 @click.option("--samples/--no-samples", "load_samples", default=None,
               help="Load sample_dicom/ into an empty archive at start.")
 @click.pass_context
@@ -223,6 +224,121 @@ def ae_remove(ctx: click.Context, name: str, data_dir: Path | None) -> None:
         hint = " (it comes from the remote_aes setting)" if configured else ""
         raise click.ClickException(f"no remote AE named {name!r} in the database{hint}")
     click.echo(f"removed {name}")
+
+
+@contextlib.contextmanager
+def _users(ctx: click.Context, data_dir: Path | None) -> Iterator[Any]:
+    """The user accounts on the configured index (schema brought up to date first)."""
+    from pacs.services import open_index
+    from pacs.store.users import Users
+
+    s = _settings(ctx, data_dir=data_dir)
+    index = open_index(s)
+    try:
+        index.migrate()
+        yield Users(index, max_failures=s.login_max_failures, lockout_minutes=s.login_lockout_minutes)
+    except PacsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        index.dispose()
+
+
+def _read_password() -> str:
+    """A new password: prompted twice on a terminal, else the first line of standard input."""
+    if sys.stdin.isatty():
+        return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@main.group()
+def user() -> None:
+    """Web users (admin, radiologist, referrer)."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "radiologist", "referrer"]), required=True)
+@click.option("--display-name", default="", help="Name shown in the viewer, e.g. 'BS. Trần Thị Bình'.")
+@_data_dir
+@click.pass_context
+def user_add(ctx: click.Context, name: str, role: str, display_name: str, data_dir: Path | None) -> None:
+    """Create user NAME; the password is prompted for (or read from standard input)."""
+    password = _read_password()
+    with _users(ctx, data_dir) as users:
+        info = users.add(name, password, role, display_name)
+    click.echo(f"added user {info.username} ({info.role})")
+
+
+@user.command("passwd")
+@click.argument("name")
+@_data_dir
+@click.pass_context
+def user_passwd(ctx: click.Context, name: str, data_dir: Path | None) -> None:
+    """Set a new password for NAME (also unlocks it and signs out its sessions)."""
+    password = _read_password()
+    with _users(ctx, data_dir) as users:
+        users.set_password(name, password)
+    click.echo(f"password of {name} changed")
+
+
+@user.command("disable")
+@click.argument("name")
+@_data_dir
+@click.pass_context
+def user_disable(ctx: click.Context, name: str, data_dir: Path | None) -> None:
+    """Stop NAME from signing in; ends its sessions and makes its API tokens useless."""
+    with _users(ctx, data_dir) as users:
+        users.set_disabled(name, True)
+    click.echo(f"disabled {name}")
+
+
+@user.command("enable")
+@click.argument("name")
+@_data_dir
+@click.pass_context
+def user_enable(ctx: click.Context, name: str, data_dir: Path | None) -> None:
+    """Allow a disabled user to sign in again."""
+    with _users(ctx, data_dir) as users:
+        users.set_disabled(name, False)
+    click.echo(f"enabled {name}")
+
+
+@user.command("list")
+@_data_dir
+@click.pass_context
+def user_list(ctx: click.Context, data_dir: Path | None) -> None:
+    """List users with their role and state."""
+    with _users(ctx, data_dir) as users:
+        for u in users.list():
+            state = "disabled" if u.disabled else "active"
+            click.echo(f"{u.username}\t{u.role}\t{state}\t{u.display_name}")
+
+
+@main.group()
+def token() -> None:
+    """API tokens for scripts (sent as ``Authorization: Bearer TOKEN``)."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--label", default="", help="What the token is for.")
+@_data_dir
+@click.pass_context
+def token_create(ctx: click.Context, name: str, label: str, data_dir: Path | None) -> None:
+    """Create a token for user NAME and print it (it is shown only once)."""
+    with _users(ctx, data_dir) as users:
+        click.echo(users.create_token(name, label))
+
+
+@token.command("revoke")
+@click.argument("name")
+@_data_dir
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str, data_dir: Path | None) -> None:
+    """Revoke every token of user NAME."""
+    with _users(ctx, data_dir) as users:
+        n = users.revoke_tokens(name)
+    click.echo(f"revoked {n} token(s) of {name}")
 
 
 @main.command()

@@ -58,6 +58,8 @@ class Settings:
     duplicate_policy: DuplicatePolicy = "keep-first"
     #: Largest instance accepted, in MiB (0 = no limit); larger ones are refused (0xA700 / 413).
     max_instance_mb: int = 2048
+    #: Largest STOW-RS request body, in MiB (0 = no limit); larger ones get HTTP 413 unread.
+    stow_max_mb: int = 4096
 
     # Query/Retrieve.
     #: Most C-FIND answers per query (0 = no limit); past it the first N are answered and it is logged.
@@ -66,6 +68,21 @@ class Settings:
     # Query/Retrieve.
     #: Known peers besides ``pacs ae add``: ``NAME=AET@HOST:PORT`` entries, comma-separated.
     remote_aes: str = ""
+
+    # Web.
+    #: HTTP worker processes sharing the HTTP listening socket; 0 = one per CPU core.
+    http_workers: int = 0
+    #: Request threads per HTTP worker process.
+    http_threads: int = 8
+    #: Decoded images kept in memory per HTTP worker, in MiB (least recently used evicted first).
+    render_cache_mb: int = 256
+    #: Address users reach the server at (e.g. ``https://pacs.example.vn``); ``https`` marks cookies Secure.
+    public_url: str = ""
+    #: Hours a browser session stays signed in.
+    session_hours: float = 12.0
+    #: Failed sign-ins in a row before an account is locked, and for how many minutes.
+    login_max_failures: int = 5
+    login_lockout_minutes: float = 15.0
 
     # Start-up.
     #: Import ``sample_dicom/`` into an empty archive at the first start.
@@ -90,6 +107,10 @@ class Settings:
         if self.samples_dir:
             return Path(self.samples_dir)
         return Path(__file__).resolve().parent.parent / "sample_dicom"
+
+    @property
+    def resolved_http_workers(self) -> int:
+        return self.http_workers if self.http_workers > 0 else max(1, os.cpu_count() or 1)
 
     @property
     def resolved_dicom_workers(self) -> int:
@@ -158,6 +179,12 @@ def _validated(settings: Settings) -> Settings:
             raise ConfigError(f"{name} must be 0-65535, not {port}")
     if settings.max_pdu_size < 0:
         raise ConfigError("max_pdu_size must be 0 (unlimited) or positive")
+    if settings.http_threads < 1 or settings.render_cache_mb < 0 or settings.login_max_failures < 1:
+        raise ConfigError("http_threads and login_max_failures must be at least 1, render_cache_mb >= 0")
+    if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
+        raise ConfigError("public_url must start with http:// or https://")
+    if settings.stow_max_mb < 0:
+        raise ConfigError("stow_max_mb must be 0 (no limit) or positive")
     if settings.find_limit < 0:
         raise ConfigError("find_limit must be 0 (no limit) or positive")
     if settings.remote_aes.strip():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 from concurrent.futures import Future, ThreadPoolExecutor
-import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from pacs.dicom import InstanceKeys
 from pacs.errors import DuplicateConflict, InvalidInstance, StorageUnavailable
 from pacs.store.blobs import BlobInfo, BlobStore, new_blob_key
 from pacs.store.index import Index
+from pacs.store.metadata import Entry, MetadataCache, build_entry
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,15 @@ class IngestService:
 
     def __init__(
         self, blobs: BlobStore, index: Index, *, duplicate_policy: DuplicatePolicy = "keep-first",
-        max_instance_size: int = 0,
+        max_instance_size: int = 0, cache_metadata: bool = True,
     ) -> None:
         self.blobs = blobs
         self.index = index
         self.duplicate_policy = duplicate_policy
         #: 0 = no limit. Larger instances are refused as out of resources.
         self.max_instance_size = max_instance_size
+        #: The WADO-RS metadata cache (derived data: see pacs/store/metadata.py); None = off.
+        self.metadata = MetadataCache(index) if cache_metadata else None
         self._writer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-put")
 
     def close(self) -> None:
@@ -106,6 +108,8 @@ class IngestService:
         except BaseException:
             self._abandon(pending)
             raise
+        # Built while the blob write (mostly outside the GIL) is still under way.
+        entry = self._metadata_entry(raw, uid)
 
         blob = pending.result()  # StorageUnavailable propagates: nothing indexed
         try:
@@ -117,6 +121,7 @@ class IngestService:
             raise
         if added.added:
             log.debug("stored %s %s (%d bytes, %s)", keys.sop_class_uid, uid, blob.size, origin)
+            self._cache(uid, blob.key, entry, replace=True)
             return StoreResult(Outcome.STORED, keys, blob.key, blob.sha256, blob.size)
 
         # Already indexed (a re-send, or another association won the race): keep one copy.
@@ -125,11 +130,32 @@ class IngestService:
         if existing.sha256 == blob.sha256:
             self._discard(blob.key)
             log.info("instance %s already stored (%s); nothing kept", uid, origin)
+            self._cache(uid, existing.blob_key, entry, replace=False)  # same bytes: fills a miss
             return StoreResult(Outcome.ALREADY_STORED, keys, existing.blob_key, blob.sha256, blob.size)
-        return self._conflict(blob, keys, existing.blob_key, existing.sha256, origin)
+        return self._conflict(blob, keys, existing.blob_key, existing.sha256, origin, entry)
+
+    def _metadata_entry(self, raw: bytes, uid: str) -> Entry | None:
+        """The metadata cache entry of ``raw``; None (rebuilt on first use) if it cannot be built."""
+        if self.metadata is None:
+            return None
+        try:
+            return build_entry(raw)
+        except Exception as exc:  # noqa: BLE001 - the cache is derived: never a reason to refuse
+            log.warning("instance %s: no metadata cache entry: %s", uid, exc)
+            return None
+
+    def _cache(self, uid: str, blob_key: str, entry: Entry | None, *, replace: bool) -> None:
+        """Write the cache entry after the index commit; a failure only costs a rebuild later."""
+        if self.metadata is None or entry is None:
+            return
+        try:
+            self.metadata.put(uid, blob_key, entry, replace=replace)
+        except Exception as exc:  # noqa: BLE001 - the instance is stored; the cache is rebuilt on use
+            log.warning("instance %s: metadata cache not written: %s", uid, exc)
 
     def _conflict(
-        self, blob: BlobInfo, keys: InstanceKeys, old_key: str, old_sha: str, origin: Origin
+        self, blob: BlobInfo, keys: InstanceKeys, old_key: str, old_sha: str, origin: Origin,
+        entry: Entry | None = None,
     ) -> StoreResult:
         """Different bytes under a known UID: the new ``blob`` is kept only by ``overwrite``."""
         uid = keys.sop_instance_uid
@@ -150,6 +176,7 @@ class IngestService:
             self._discard(blob.key)
             raise
         self._discard(old)
+        self._cache(uid, blob.key, entry, replace=True)
         log.warning("instance %s re-sent with different content (%s): replaced (policy overwrite)", uid, origin)
         return StoreResult(Outcome.REPLACED, keys, blob.key, blob.sha256, blob.size)
 

@@ -9,6 +9,7 @@ coordination beyond what the database gives (and several nodes can run side by s
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import logging
 import multiprocessing as mp
@@ -69,6 +70,127 @@ def dicom_worker(settings: Settings, listener: socket.socket, ready: MpEvent) ->
     services.close()
 
 
+def http_worker(settings: Settings, listener: socket.socket, ready: MpEvent) -> None:
+    """Body of one HTTP worker process: waitress serving the Flask app on the shared socket."""
+    _die_with_parent()
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        # waitress' loop runs in this (main) thread and request handlers in its own threads:
+        # SystemExit ends the loop, then waitress gives running requests 5 s to finish.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging(settings.log_level)
+    import waitress
+
+    from pacs.services import build_services
+    from pacs.web import create_app
+
+    services = build_services(settings)
+    app = create_app(settings, services.index, services.blobs, dicom_port=_shared_port(settings))
+    _warm_up()
+    server = waitress.create_server(
+        app, sockets=[listener], threads=settings.http_threads, ident="mini-PACS",
+        asyncore_use_poll=True, channel_timeout=max(60, int(settings.network_timeout)),
+        connection_limit=1000,
+        # waitress' own cap (1 GiB by default) would answer 413 before our settings are consulted.
+        max_request_body_size=_body_limit(settings),
+    )
+    ready.set()
+    try:
+        server.run()
+    finally:
+        services.close()
+
+
+def _warm_up() -> None:
+    """Render one tiny image so the first real request does not pay for lazy imports.
+
+    pydicom's pixel handlers, numpy's and Pillow's encoders are imported on first use; that
+    costs a few hundred milliseconds, which would land on the first image a user asks for.
+    """
+    import io
+
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from pacs.render import Instance, encode
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.arange(64, dtype="<u2").tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    try:
+        image = Instance.from_bytes(out.getvalue()).frame(1).render()
+        for kind in ("image/jpeg", "image/png"):
+            encode(image, kind)
+    except Exception:  # noqa: BLE001 - only an optimisation; never stop the worker for it
+        log.debug("render warm-up failed", exc_info=True)
+
+
+def _body_limit(settings: Settings) -> int:
+    """waitress' request body cap: the larger of our own limits (0 means none: no cap)."""
+    limits = (settings.stow_max_mb, settings.max_instance_mb)
+    if 0 in limits:
+        return 1 << 50
+    return max(limits) * 1024 * 1024
+
+
+def _shared_port(settings: Settings) -> int:
+    return int(settings.extra.get("dicom_port_bound", settings.dicom_port))
+
+
+def make_http_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """The HTTP listening socket, bound once and shared by every HTTP worker."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    # Non-blocking: when several workers wake for one connection, the losers get EAGAIN.
+    sock.setblocking(False)
+    return sock
+
+
+def ensure_admin(settings: Settings, users: Any) -> None:
+    """First start: create ``admin`` with a random password kept in ``<data_dir>/initial-admin-password``.
+
+    The password is printed at every start while it is still the admin's password, so the
+    person who ran the quick start can always find it; after ``pacs user passwd admin`` the
+    file is removed and nothing is printed.
+    """
+    import os
+    import secrets
+    from pathlib import Path
+
+    path = Path(settings.data_dir) / "initial-admin-password"
+    if users.count() == 0:
+        password = secrets.token_urlsafe(12)
+        users.add("admin", password, "admin", "Administrator")
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+    if not path.exists():
+        return
+    password = path.read_text().strip()
+    if users.verify_password("admin", password):
+        print(f"pacs: sign in as admin / {password} (stored in {path}; change it with "
+              f"'pacs user passwd admin')", flush=True)
+    else:
+        path.unlink()  # changed since: the file no longer says anything true
+
+
 class Supervisor:
     """Starts and watches the receivers and the HTTP server; stops them on SIGTERM/SIGINT."""
 
@@ -84,21 +206,24 @@ class Supervisor:
         self.workers: list[Any] = []
         self.dicom_port = 0
         self.listener: socket.socket | None = None
+        self.http_listener: socket.socket | None = None
         self.http_port = 0
 
-    def _spawn(self, n: int, ctx: Any = None) -> Any:
+    def _spawn(self, n: int, ctx: Any = None, kind: str = "dicom") -> Any:
         ctx = ctx or self.ctx
         ready = ctx.Event()
-        proc = ctx.Process(
-            target=dicom_worker, args=(self.settings, self.listener, ready),
-            name=f"dicom-{n}", daemon=False,
-        )
+        target, listener = (dicom_worker, self.listener) if kind == "dicom" else (
+            http_worker, self.http_listener)
+        settings = dataclasses.replace(self.settings, extra={"dicom_port_bound": self.dicom_port})
+        proc = ctx.Process(target=target, args=(settings, listener, ready),
+                           name=f"{kind}-{n}", daemon=False)
         proc.start()
+        what = "DICOM receiver" if kind == "dicom" else "HTTP worker"
         if not ready.wait(120):
             proc.kill()
-            raise RuntimeError(f"DICOM receiver {n} did not start (see the log above)")
+            raise RuntimeError(f"{what} {n} did not start (see the log above)")
         if not proc.is_alive():
-            raise RuntimeError(f"DICOM receiver {n} exited at start (exit code {proc.exitcode})")
+            raise RuntimeError(f"{what} {n} exited at start (exit code {proc.exitcode})")
         return proc
 
     def run(self) -> int:
@@ -109,37 +234,41 @@ class Supervisor:
         if s.load_samples and services.index.counts().instances == 0:
             self._load_samples(services)
 
+        from pacs.store.users import Users
+
+        ensure_admin(s, Users(services.index))
+
         from pacs.scp.server import make_listener
 
         self.listener = make_listener(s.host, s.dicom_port)
         self.dicom_port = self.listener.getsockname()[1]
-        n = s.resolved_dicom_workers
+        self.http_listener = make_http_listener(s.host, s.http_port)
+        self.http_port = self.http_listener.getsockname()[1]
+        n, n_http = s.resolved_dicom_workers, s.resolved_http_workers
         # Nothing of ours may be running in a thread or hold a connection across fork().
-        # pacs.scp.server is imported above (make_listener): every receiver shares it.
+        # pacs.scp.server is imported above (make_listener): every receiver shares it;
+        # the web side is imported here for the same reason.
+        import waitress  # noqa: F401
+
+        import pacs.web  # noqa: F401
+
         services.close()
 
         gc.collect()
         gc.freeze()  # keep the collector from touching (and so copying) the shared objects
         use_fork = threading.active_count() == 1
+        ctx = self.fork_ctx if use_fork else self.ctx
         for i in range(n):
-            self.workers.append(self._spawn(i, self.fork_ctx if use_fork else self.ctx))
+            self.workers.append(("dicom", self._spawn(i, ctx, "dicom")))
+        for i in range(n_http):
+            self.workers.append(("http", self._spawn(i, ctx, "http")))
         gc.unfreeze()
-        services = build_services(s)
-
-        from werkzeug.serving import make_server
-
-        from pacs.web import create_app
-
-        app = create_app(s, services.index, services.blobs, dicom_port=self.dicom_port)
-        http = make_server(s.host, s.http_port, app, threaded=True)
-        self.http_port = http.server_port
-        http_thread = threading.Thread(target=http.serve_forever, name="http", daemon=True)
-        http_thread.start()
 
         shown = "127.0.0.1" if s.host in ("0.0.0.0", "") else s.host
         print(f"pacs: DICOM listening on {s.host}:{self.dicom_port} AE title {s.ae_title} "
               f"({n} receiver process{'es' if n > 1 else ''})", flush=True)
-        print(f"pacs: HTTP listening on http://{shown}:{self.http_port}/", flush=True)
+        print(f"pacs: HTTP listening on http://{shown}:{self.http_port}/ "
+              f"({n_http} waitress worker process{'es' if n_http > 1 else ''})", flush=True)
         print(f"pacs: index {services.index}, blobs {services.blobs}", flush=True)
         print("pacs: ready (SIGTERM or Ctrl-C to stop)", flush=True)
 
@@ -151,25 +280,24 @@ class Supervisor:
 
         while not self.stopping:
             time.sleep(0.25)
-            for i, proc in enumerate(self.workers):
+            for i, (kind, proc) in enumerate(self.workers):
                 if not proc.is_alive() and not self.stopping:
-                    log.error("DICOM receiver %d exited (code %s); restarting it", i, proc.exitcode)
+                    log.error("%s worker %s exited (code %s); restarting it", kind, proc.name, proc.exitcode)
                     try:
-                        self.workers[i] = self._spawn(i)
+                        self.workers[i] = (kind, self._spawn(i, None, kind))
                     except RuntimeError as exc:
                         log.error("%s", exc)
 
-        print("pacs: stopping: finishing running associations", flush=True)
-        for proc in self.workers:
+        print("pacs: stopping: finishing running associations and requests", flush=True)
+        for _kind, proc in self.workers:
             if proc.is_alive():
-                proc.terminate()  # SIGTERM: the receiver stops accepting and drains
-        http.shutdown()
-        for proc in self.workers:
+                proc.terminate()  # SIGTERM: stop accepting, drain, exit
+        for _kind, proc in self.workers:
             proc.join(STOP_GRACE + 10)
             if proc.is_alive():
                 proc.kill()
         self.listener.close()
-        services.close()
+        self.http_listener.close()
         print("pacs: stopped", flush=True)
         return 0
 

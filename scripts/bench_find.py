@@ -18,6 +18,11 @@ frequencies (Nguyễn ~38 %, Trần ~11 %, …).
 Example::
 
     .venv/bin/python scripts/bench_find.py --studies 100000 --runs 30
+
+The machine it runs on is shared and noisy: to compare two versions, unpack the older one
+beside this one (``mkdir /tmp/before && git archive HEAD~1 | tar -x -C /tmp/before``) and pass
+``--baseline /tmp/before``: both servers then answer the same index in turn, run by run, in the
+same window. (The older tree must know the index's schema: the same Alembic revisions.)
 """
 
 from __future__ import annotations
@@ -57,6 +62,13 @@ GIVEN = ["An", "Anh", "Bình", "Châu", "Chi", "Cường", "Dũng", "Dung", "Duy
 MODALITIES = ["CT", "MR", "CR", "DX", "US", "MG"]
 DAY0 = date(2024, 1, 1)
 DAYS = 3 * 365
+QUERIES = [
+    ("exact PatientID", ["PatientID=BN0012345"]),
+    # DAYS spreads the studies evenly: 100,000 over 3 years is ~91 a day, a busy hospital's load.
+    ("one-day StudyDate range", ["StudyDate=20250315-20250315"]),
+    ("name prefix, no accents", ["PatientName=dang quoc h*"]),
+    ("name prefix, accents", ["PatientName=Đặng^Quốc H*"]),
+]
 QUERY_KEYS = ["StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "StudyTime",
               "AccessionNumber", "StudyDescription", "ModalitiesInStudy",
               "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]
@@ -140,23 +152,31 @@ def bench(label: str, url: str, workdir: Path, args: argparse.Namespace) -> list
     print(f"{label}: filled {args.studies} studies in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
     env.update({"PACS_DATABASE_URL": url, "PACS_FSYNC": "false", "PACS_LOG_LEVEL": "WARNING"})
-    queries = [
-        ("exact PatientID", ["PatientID=BN0012345"]),
-        ("one-day StudyDate range", ["StudyDate=20250315-20250315"]),
-        ("name prefix, no accents", ["PatientName=dang quoc h*"]),
-        ("name prefix, accents", ["PatientName=Đặng^Quốc H*"]),
-    ]
-    rows = []
-    with benchlib.pacs_server(workdir / f"data-{label}", env) as server:
-        for name, keys in queries:
-            findscu(server.dicom_port, keys)  # warm-up (connection pool, page cache)
-            times, counts = [], set()
+    servers = [("", env)]
+    if args.baseline:
+        # The same index served by another source tree (e.g. the commit before a change):
+        # the two servers answer in turn, so both see the same noise.
+        base_env = dict(env, PYTHONPATH=os.pathsep.join(
+            [str(Path(args.baseline).resolve()), *filter(None, [env.get("PYTHONPATH")])]))
+        servers = [("baseline", base_env), ("current", env)]
+    rows: list[tuple[str, ...]] = []
+    with contextlib.ExitStack() as stack:
+        ports = [(name, stack.enter_context(
+            benchlib.pacs_server(workdir / f"data-{label}-{name or 'current'}", server_env)).dicom_port)
+            for name, server_env in servers]
+        for query, keys in QUERIES:
+            times: dict[str, list[float]] = {name: [] for name, _ in ports}
+            counts: dict[str, set[int]] = {name: set() for name, _ in ports}
+            for _name, port in ports:
+                findscu(port, keys)  # warm-up (connection pool, page cache)
             for _ in range(args.runs):
-                elapsed, n = findscu(server.dicom_port, keys)
-                times.append(elapsed * 1000)
-                counts.add(n)
-            rows.append((label, name, "/".join(map(str, sorted(counts))),
-                         f"{statistics.median(times):.1f}", f"{p95(times):.1f}"))
+                for name, port in ports:
+                    elapsed, n = findscu(port, keys)
+                    times[name].append(elapsed * 1000)
+                    counts[name].add(n)
+            for name, _ in ports:
+                rows.append((f"{label} {name}".strip(), query, "/".join(map(str, sorted(counts[name]))),
+                             f"{statistics.median(times[name]):.1f}", f"{p95(times[name]):.1f}"))
     return rows
 
 
@@ -165,6 +185,9 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also serve the index from the source tree DIR (put first on "
+                             "PYTHONPATH) and alternate the two servers run by run")
     args = parser.parse_args()
     workdir = benchlib.fresh_workdir("minipacs-bench-find-")
     rows: list[tuple[str, ...]] = []

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.dcmtk",
     "tests.fixtures.server",
+    "tests.fixtures.browser",
 ]

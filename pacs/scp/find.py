@@ -3,12 +3,17 @@
 A thin edge: decode the identifier, hand it to :mod:`pacs.store.query`, answer one pending
 response per matching entity at the queried level, then let pynetdicom send the final
 success. Domain errors become failure statuses here, once.
+
+:func:`answer` defines each answer as a pydicom ``Dataset``; on the wire the same bytes are
+written straight from the index row by :mod:`pacs.scp.fastfind`, which falls back to
+:func:`answer` for anything it does not cover.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -23,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from pacs.config import Settings
 from pacs.errors import InvalidQuery, StorageUnavailable
+from pacs.scp import fastfind
 from pacs.store.index import Index
 from pacs.store.query import FindQuery, Model, run_find
 
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 # pynetdicom logs every C-FIND identifier at INFO: it holds patient names, which we never log.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+# Pending answers are encoded from their index rows and sent one PDU each (pacs.scp.fastfind).
+fastfind.install()
 
 PENDING = 0xFF00
 CANCEL = 0xFE00
@@ -139,7 +147,9 @@ def _encode(value: Any, vr: str) -> Any:
     return str(value)
 
 
-def handle_find(event: evt.Event, index: Index, settings: Settings) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+def handle_find(
+    event: evt.Event, index: Index, settings: Settings,
+) -> Iterator[tuple[int | Dataset, Dataset | fastfind.EncodedIdentifier | None]]:
     """EVT_C_FIND: yield ``(0xFF00, identifier)`` per match; failures as status datasets."""
     assoc = event.assoc
     peer = f"{str(assoc.requestor.ae_title).strip()}@{assoc.requestor.address}"
@@ -171,13 +181,20 @@ def handle_find(event: evt.Event, index: Index, settings: Settings) -> Iterator[
         return
     log.info("C-FIND %s %s from %s: %d match(es)%s", model.value, level, peer, len(result.rows),
              " (truncated)" if result.more else "")
+    # One plan per request; each answer is encoded from its row in the negotiated transfer
+    # syntax when pynetdicom sends it. No plan (an unusual key): pydicom Datasets as before.
+    plan = (fastfind.IdentifierPlan.build(identifier, result.rows[0], level, settings.ae_title)
+            if result.rows else None)
     for row in result.rows:
         # C-CANCEL (PS3.7 9.3.2.3): stop between answers and end with Cancel.
         if event.is_cancelled:
             log.info("C-FIND from %s cancelled", peer)
             yield CANCEL, None
             return
-        yield PENDING, answer(identifier, row, level, settings)
+        if plan is None:
+            yield PENDING, answer(identifier, row, level, settings)
+        else:
+            yield PENDING, plan.answer(row, partial(answer, identifier, row, level, settings))
     if result.more:
         # The first find_limit matches were answered; the final status stays Success.
         # PS3.4's "response limit reached" warning (0xB001) would be the natural final

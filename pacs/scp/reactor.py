@@ -7,18 +7,23 @@ core, and during a transfer the sleeps add latency to every instance. On a 2-cor
 archive that is CPU a receiver needs.
 
 This module swaps the ``time`` module those two pynetdicom modules see for a stand-in
-whose ``sleep``, in the threads of associations we accepted, waits on the event the
-thread is really waiting for:
+whose ``sleep`` waits on the event the thread is really waiting for:
 
 - the DUL reactor waits on its socket (data from the peer) and on a wake-up pipe that
-  ``send_pdu`` writes to (a PDU to send), up to ``IDLE_WAIT``;
-- the association reactor waits on its DIMSE message queue, up to ``IDLE_WAIT``.
+  ``send_pdu`` writes to (a PDU to send), up to ``IDLE_WAIT``: in associations we
+  accepted, and in associations we requested (C-MOVE sub-associations) once their
+  socket is connected;
+- the association reactor of an association we accepted waits on its DIMSE message
+  queue, up to ``IDLE_WAIT``.
 
 Everything else pynetdicom does with ``time`` is passed through unchanged, and any
-sleep it cannot map to an event falls back to the real one. Associations we request
-(e.g. C-MOVE sub-associations) keep pynetdicom's polling unchanged: a requestor's
-reactor starts before its socket is connected. Timers (ARTIM, idle
-timeouts) are checked at least every ``IDLE_WAIT``.
+sleep it cannot map to an event falls back to the real one. A requestor's DUL polls as
+before until its socket is connected (its reactor starts before the connection: a
+socket not yet connected would look readable and turn the wait into a busy loop) and
+again once it is closed. A requestor's association reactor keeps pynetdicom's 1 ms
+polling: while we send sub-operations it is parked (:func:`pacs.scp.sender.park_reactor`),
+and pynetdicom's own ``send_*`` calls pause it by waiting for that 1 ms turn. Timers
+(ARTIM, idle timeouts) are checked at least every ``IDLE_WAIT``.
 """
 
 from __future__ import annotations
@@ -69,11 +74,16 @@ def _close_pipe(pipe: tuple[int, int]) -> None:
             pass
 
 
-def _is_acceptor(dul: DULServiceProvider) -> bool:
-    # Only associations we accept: a requestor's DUL starts before its socket is
-    # connected and negotiates differently; it keeps pynetdicom's own polling.
+def _event_driven(dul: DULServiceProvider) -> bool:
+    """Whether ``dul``'s reactor may wait on its socket and wake-up pipe instead of polling."""
     assoc = getattr(dul, "assoc", None)
-    return bool(assoc is not None and assoc.is_acceptor)
+    if assoc is None:
+        return False
+    if assoc.is_acceptor:
+        return True
+    # A requestor's DUL runs before and after its connection: only while connected.
+    sock = getattr(dul, "socket", None)
+    return bool(sock is not None and sock.socket is not None and getattr(sock, "_is_connected", False))
 
 
 class _DulClock:
@@ -85,7 +95,7 @@ class _DulClock:
     def sleep(self, seconds: float) -> None:
         dul = threading.current_thread()
         sock = getattr(getattr(dul, "socket", None), "socket", None)
-        if not isinstance(dul, DULServiceProvider) or sock is None or not _is_acceptor(dul):
+        if not isinstance(dul, DULServiceProvider) or sock is None or not _event_driven(dul):
             time.sleep(seconds)
             return
         r, _w = _wake_pipe(dul)
@@ -126,7 +136,7 @@ class _AssociationClock:
 
 def _send_pdu_and_wake(self: DULServiceProvider, primitive: Any) -> None:
     _ORIGINAL_SEND_PDU(self, primitive)
-    if not _is_acceptor(self):
+    if not _event_driven(self):
         return
     try:
         os.write(_wake_pipe(self)[1], b"\0")

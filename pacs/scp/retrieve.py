@@ -2,10 +2,11 @@
 
 The instances are named by the unique keys of the identifier (PatientID, Study /
 Series / SOP Instance UID, each possibly a list, PS3.4 C.2.2.2.2), found with one SQL
-query on the index, read from the blob store and sent as stored: pydicom writes a dataset
-it has not decoded back byte for byte, so a peer that accepts the stored transfer syntax
-receives exactly what was archived. A peer that does not gets it decompressed to
-Explicit VR Little Endian instead of a failure (issue 3).
+query on the index, read from the blob store (a few ahead, :class:`~pacs.scp.sender.Prefetcher`)
+and sent as stored: a peer that accepts the stored transfer syntax receives the data set
+bytes of the blob as they are, without a parse or a re-encode (:mod:`pacs.scp.sender`).
+A peer that does not gets it decompressed to Explicit VR Little Endian instead of a
+failure (issue 3).
 
 pynetdicom drives the sub-operations: the handlers are generators that yield the
 destination (C-MOVE only), the number of sub-operations, then one ``(0xFF00, dataset)``
@@ -70,6 +71,7 @@ from pacs.store.aes import AERegistry
 from pacs.store.blobs import BlobStore
 from pacs.store.index import Index
 from pacs.store.models import Instance, Patient, Series, Study
+from pacs.scp.sender import EncodedInstance, NotPart10, Prefetcher, attach, split_part10
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ class Match:
     sop_class_uid: str
     transfer_syntax_uid: str
     blob_key: str
+    size: int = 0
 
 
 def _values(identifier: Dataset, keyword: str) -> list[str]:
@@ -156,7 +159,7 @@ def find_instances(index: Index, identifier: Dataset, model: str) -> list[Match]
         raise BadIdentifier(f"{keys[-1]} is required at the {level} level")
     stmt = (
         select(Instance.sop_instance_uid, Instance.sop_class_uid,
-               Instance.transfer_syntax_uid, Instance.blob_key)
+               Instance.transfer_syntax_uid, Instance.blob_key, Instance.size)
         .join(Series, Instance.series_pk == Series.id)
         .join(Study, Series.study_pk == Study.id)
         .join(Patient, Study.patient_pk == Patient.id)
@@ -236,20 +239,35 @@ def to_native_little_endian(ds: Dataset) -> Dataset:
 
 
 class Sender:
-    """Reads matches from the blob store and shapes each for what the peer accepted."""
+    """Shapes each stored instance for what the peer accepted."""
 
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
 
-    def dataset(self, match: Match, accepted: set[tuple[str, str]], peer: str) -> Dataset:
-        """The dataset to yield for one sub-operation (a failing stand-in when it cannot be sent)."""
+    def blobs_of(self, matches: list[Match]) -> Prefetcher:
+        """The blobs of ``matches`` in order, read ahead (a ``PacsError`` for an unreadable one)."""
+        return Prefetcher(self.blobs, [(m.blob_key, m.size or 0) for m in matches])
+
+    def dataset(self, match: Match, raw: bytes | PacsError, accepted: set[tuple[str, str]],
+                peer: str) -> Dataset:
+        """The dataset to yield for one sub-operation (a failing stand-in when it cannot be sent).
+
+        In the stored transfer syntax when the peer accepted it: an
+        :class:`~pacs.scp.sender.EncodedInstance`, the data set bytes as stored. Otherwise
+        decoded, for pynetdicom (or :func:`to_native_little_endian`) to convert.
+        """
         uid, sop_class = match.sop_instance_uid, match.sop_class_uid
-        try:
-            raw = self.blobs.get(match.blob_key)
-        except PacsError as exc:
+        if isinstance(raw, PacsError):
             log.error("retrieve to %s: instance %s: blob %s unreadable: %s",
-                      peer, uid, match.blob_key, exc)
+                      peer, uid, match.blob_key, raw)
             return _failed(uid)
+        try:
+            offset, syntax, _meta = split_part10(raw)
+        except NotPart10:
+            pass  # let pydicom try (and report) below
+        else:
+            if (sop_class, syntax) in accepted:
+                return EncodedInstance(sop_class, uid, syntax, memoryview(raw)[offset:])
         try:
             ds = pydicom.dcmread(io.BytesIO(raw))
             stored = UID(ds.file_meta.TransferSyntaxUID)
@@ -258,7 +276,7 @@ class Sender:
                       peer, uid, match.blob_key, exc)
             return _failed(uid)
         if (sop_class, str(stored)) in accepted:
-            return ds  # as stored: written back byte for byte
+            return ds  # as stored: pydicom writes a dataset it has not decoded back byte for byte
         native = [ts for ts in NATIVE_LE if (sop_class, str(ts)) in accepted]
         if not native:
             log.warning("retrieve to %s: instance %s: SOP class %s not accepted in any usable syntax",
@@ -278,13 +296,13 @@ class Sender:
 
 
 def _no_delay(event: evt.Event) -> None:
-    """EVT_CONN_OPEN of a C-MOVE sub-association: fast polling and TCP_NODELAY.
+    """EVT_CONN_OPEN of a C-MOVE sub-association: TCP_NODELAY and fast polling.
 
-    Without it every C-STORE request waits for the peer's delayed ACK (~40 ms) before its
-    last small PDU leaves: about 13 instances/s instead of hundreds.
+    Without TCP_NODELAY every C-STORE request waits for the peer's delayed ACK (~40 ms)
+    before its last small PDU leaves: about 13 instances/s instead of hundreds.
     """
-    # pynetdicom's requestor DUL sends one PDU per 1 ms polling turn: with a peer's 16 KiB
-    # PDUs a 512 KiB CT slice would wait 32 turns. Poll faster while this association lives.
+    # Once connected, the DUL waits for events (pacs.scp.reactor) and the data goes out
+    # from our thread (pacs.scp.sender); poll faster for whatever pynetdicom still polls.
     event.assoc.dul._run_loop_delay = SUB_ASSOCIATION_LOOP_DELAY
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
@@ -329,14 +347,22 @@ def _sub_operations(
 ) -> Iterator[tuple[int, Dataset | None]]:
     """``(Pending, dataset)`` per match; Cancel as soon as the requestor asks (PS3.4 C.4.2.3.1)."""
     accepted: set[tuple[str, str]] | None = None
-    for i, match in enumerate(matches):
-        if event.is_cancelled:
-            log.info("retrieve to %s cancelled after %d of %d", peer, i, len(matches))
-            yield CANCEL, None
-            return
-        if accepted is None:
-            accepted = _accepted(assoc_of())
-        yield PENDING, sender.dataset(match, accepted, peer)
+    attach(event.assoc)  # Pending responses written directly (pacs.scp.sender)
+    blobs = sender.blobs_of(matches)
+    try:
+        for i, (match, raw) in enumerate(zip(matches, blobs)):
+            if event.is_cancelled:
+                log.info("retrieve to %s cancelled after %d of %d", peer, i, len(matches))
+                yield CANCEL, None
+                return
+            if accepted is None:
+                assoc = assoc_of()
+                accepted = _accepted(assoc)
+                if assoc is not None:
+                    attach(assoc)  # a send_c_store that sends EncodedInstance as is
+            yield PENDING, sender.dataset(match, raw, accepted, peer)
+    finally:
+        blobs.close()
 
 
 def handle_move(event: evt.Event, index: Index, blobs: BlobStore, registry: AERegistry) -> Iterator[Any]:

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,6 +44,9 @@ class InstanceRecord:
     size: int
     sha256: str
     received_at: datetime
+    #: Image geometry from the index (None for objects without pixel data).
+    rows: int | None = None
+    number_of_frames: int = 1
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,14 @@ class Index:
             self._insert(inst)
             .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
             .returning(inst.c.id)
+        )
+        self._locate = (
+            select(inst.c.sop_instance_uid, Series.series_instance_uid, Study.study_instance_uid,
+                   inst.c.sop_class_uid, inst.c.transfer_syntax_uid, inst.c.blob_key, inst.c.size,
+                   inst.c.sha256, inst.c.received_at, inst.c.rows, inst.c.number_of_frames)
+            .join(Series.__table__, inst.c.series_pk == Series.id)
+            .join(Study.__table__, Series.study_pk == Study.id)
+            .where(inst.c.sop_instance_uid == bindparam("uid"))
         )
         #: Series UID -> row id, so a series' later instances skip three look-ups.
         #: A throwaway node-local cache: a miss or a stale entry costs a query, never data.
@@ -207,7 +218,6 @@ class Index:
     def _add(
         self, keys: InstanceKeys, blob: BlobInfo, origin: str, calling_ae: str, now: datetime
     ) -> AddResult:
-        table = Instance.__table__
         with self._write() as conn:
             series_pk = self._series_pk.get(keys.series_instance_uid)
             if series_pk is None:
@@ -282,27 +292,40 @@ class Index:
 
     # -- reads --------------------------------------------------------------------
 
-    def _record(self, s: Session, sop_instance_uid: str) -> InstanceRecord | None:
-        row = s.execute(
+    def instances_of(self, study_uid: str, series_uid: str | None = None) -> list[InstanceRecord]:
+        """A study's (or one of its series') instances in reading order: series, then instance number."""
+        q = (
             select(Instance, Series.series_instance_uid, Study.study_instance_uid)
             .join(Series, Instance.series_pk == Series.id)
             .join(Study, Series.study_pk == Study.id)
-            .where(Instance.sop_instance_uid == sop_instance_uid)
-        ).first()
-        if row is None:
-            return None
-        inst, series_uid, study_uid = row
-        return InstanceRecord(
-            sop_instance_uid=inst.sop_instance_uid, series_instance_uid=series_uid,
-            study_instance_uid=study_uid, sop_class_uid=inst.sop_class_uid,
-            transfer_syntax_uid=inst.transfer_syntax_uid, blob_key=inst.blob_key,
-            size=inst.size, sha256=inst.sha256, received_at=inst.received_at,
+            .where(Study.study_instance_uid == study_uid)
+            .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
         )
-
-    def get_instance(self, sop_instance_uid: str) -> InstanceRecord | None:
+        if series_uid is not None:
+            q = q.where(Series.series_instance_uid == series_uid)
         try:
             with self.session() as s:
-                return self._record(s, sop_instance_uid)
+                return [
+                    InstanceRecord(
+                        sop_instance_uid=inst.sop_instance_uid, series_instance_uid=se,
+                        study_instance_uid=st, sop_class_uid=inst.sop_class_uid,
+                        transfer_syntax_uid=inst.transfer_syntax_uid, blob_key=inst.blob_key,
+                        size=inst.size, sha256=inst.sha256, received_at=inst.received_at,
+                        rows=inst.rows, number_of_frames=inst.number_of_frames,
+                    )
+                    for inst, se, st in s.execute(q)
+                ]
+        except OperationalError as exc:
+            raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
+
+    def get_instance(self, sop_instance_uid: str) -> InstanceRecord | None:
+        # Core, not the ORM: this runs for every rendered image the viewer asks for.
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(self._locate, {"uid": sop_instance_uid}).first()
+                if row is None:
+                    return None
+                return InstanceRecord(*row)
         except OperationalError as exc:
             raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
 

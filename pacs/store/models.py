@@ -133,3 +133,128 @@ class RemoteAE(Base):
     may_query: Mapped[bool] = mapped_column(Boolean, default=True)
     may_retrieve: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class User(Base):
+    """A person who signs in to the web app (PS: never a DICOM peer; those are RemoteAE).
+
+    ``password_hash`` is an argon2id string (``$argon2id$...``); ``username`` is stored
+    lower-case so sign-in is case-insensitive. ``password_changed_at`` is copied into the
+    session cookie: changing the password signs out every other session of the user.
+    """
+
+    __tablename__ = "app_user"  # "user" is a reserved word in PostgreSQL
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    password_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiToken(Base):
+    """A bearer token for scripts (``pacs token create``); only its SHA-256 is stored."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_pk: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AppSecret(Base):
+    """Secrets every node must share (the session-signing key), created once at first start."""
+
+    __tablename__ = "app_secret"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class AuditEvent(Base):
+    """Who did what to which study, when, from where (sign-ins, study opens, failures)."""
+
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    username: Mapped[str] = mapped_column(String(64), index=True, default="")
+    action: Mapped[str] = mapped_column(String(32))
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True, default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(255), default="")
+    detail: Mapped[str] = mapped_column(String(255), default="")
+
+
+# Imported here so that this block is a pure append to the module (several people edit it).
+from sqlalchemy import LargeBinary, Text  # noqa: E402
+
+
+class InstanceMetadata(Base):
+    """Per-instance DICOM JSON without bulk data, and where its frames are: a cache built at ingest.
+
+    Why: WADO-RS series metadata of a 300-slice CT must not read 300 blobs (PS3.18 10.4.1.1.2
+    answers with every attribute of every instance). It is derived data: ``blob_key`` names the
+    bytes it was built from, so a row whose key differs from the instance's (the instance was
+    replaced under the ``overwrite`` policy) is a miss, never stale data; a missing row is
+    rebuilt from the blob on first use (``pacs/store/metadata.py``).
+    """
+
+    __tablename__ = "instance_metadata"
+
+    instance_pk: Mapped[int] = mapped_column(
+        ForeignKey("instance.id", ondelete="CASCADE"), primary_key=True)
+    blob_key: Mapped[str] = mapped_column(String(255))
+    #: zlib-compressed UTF-8 DICOM JSON object; BulkDataURIs relative to the instance URL.
+    dicom_json: Mapped[bytes] = mapped_column(LargeBinary)
+    #: JSON of :class:`pacs.pixeldata.FrameMap` (byte ranges of the frames), or None.
+    frames: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ShareLink(Base):
+    """A shared study link (``/s/<token>``) for remote consultation; only the token's hash is kept."""
+
+    __tablename__ = "share_link"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    #: Backslash-separated Series Instance UIDs the link is limited to; empty: the whole study.
+    series_uids: Mapped[str] = mapped_column(Text, default="")
+    label: Mapped[str] = mapped_column(String(128), default="")
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: argon2id hash of the PIN, or empty when the link has none.
+    pin_hash: Mapped[str] = mapped_column(String(255), default="")
+    pin_failures: Mapped[int] = mapped_column(Integer, default=0)
+    pin_locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deidentify: Mapped[bool] = mapped_column(Boolean, default=False)
+    allow_download: Mapped[bool] = mapped_column(Boolean, default=False)
+    allow_notes: Mapped[bool] = mapped_column(Boolean, default=True)
+    views: Mapped[int] = mapped_column(Integer, default=0)
+    last_access_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: Random per link: de-identified UIDs are derived from it, the same on every request.
+    uid_salt: Mapped[str] = mapped_column(String(64))
+
+
+class ShareNote(Base):
+    """A consultation note left by someone who opened a link."""
+
+    __tablename__ = "share_note"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    share_pk: Mapped[int] = mapped_column(ForeignKey("share_link.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    author: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)

@@ -27,13 +27,16 @@ Matching rules (PS3.4 C.2.2.2):
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, and_, exists, func, literal, or_, select
+from sqlalchemy import (
+    ColumnElement, Engine, Select, and_, exists, func, literal, literal_column, or_, select,
+)
 from sqlalchemy.exc import OperationalError
 
 from pacs.dicom import fold_text
@@ -204,10 +207,14 @@ class FindQuery:
         if conditions:
             stmt = stmt.where(and_(*conditions))
         stmt = stmt.order_by(base.c.id)
+        # LIMIT / OFFSET are written into the SQL, not bound: psycopg prepares a statement
+        # after five runs and PostgreSQL then may switch it to a generic plan, which guesses
+        # a bound LIMIT at 10 % of the rows and walks study by primary key, filtering all of
+        # them (18 ms instead of 2 for a one-day StudyDate at 100,000 studies).
         if limit is not None:
-            stmt = stmt.limit(limit)
+            stmt = stmt.limit(literal_column(str(int(limit))))
         if offset:
-            stmt = stmt.offset(offset)
+            stmt = stmt.offset(literal_column(str(int(offset))))
         return stmt
 
 
@@ -225,7 +232,9 @@ def run_find(engine: Engine, query: FindQuery, *, limit: int | None = None, offs
                            offset=offset)
     try:
         with engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+            result = conn.execute(stmt)
+            keys = list(result.keys())
+            rows = [dict(zip(keys, r, strict=True)) for r in result.all()]  # one fetchall, plain dicts
     except OperationalError as exc:
         raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
     more = limit is not None and len(rows) > limit
@@ -241,6 +250,9 @@ def run_find(engine: Engine, query: FindQuery, *, limit: int | None = None, offs
 # -- building blocks ---------------------------------------------------------------------
 
 
+# SQL expressions are immutable: the joins and the computed columns are built once per
+# process and reused by every statement (building them per query cost ~2 ms of each C-FIND).
+@functools.cache
 def _joined(level: Level) -> Any:
     """The level's table joined to its ancestors (inner joins: every row has its parents)."""
     if level is Level.PATIENT:
@@ -257,9 +269,14 @@ def _output(attr: Attr, dialect: str) -> Any:
     """The column, or a correlated subquery for a computed attribute."""
     if attr.column is not None:
         return attr.column
+    return _computed(attr.keyword, dialect)
+
+
+@functools.cache
+def _computed(k: str, dialect: str) -> Any:
+    """A computed attribute as a correlated scalar subquery (cached, see :func:`_joined`)."""
     se, st, inst = SE.alias("c_se"), ST.alias("c_st"), IN.alias("c_in")
     count = func.count()
-    k = attr.keyword
     if k == "NumberOfPatientRelatedStudies":
         q = select(count).select_from(st).where(st.c.patient_pk == P.c.id)
     elif k == "NumberOfPatientRelatedSeries":

@@ -1,18 +1,23 @@
-"""Flask application factory: health/status now; viewer and DICOMweb blueprints later."""
+"""Flask application factory: health/status, sign-in, rendering and the reading room (ui)."""
 
 from __future__ import annotations
 
-import html
 import logging
 from typing import Any
 
-from flask import Flask, jsonify, render_template_string
+from flask import Flask, jsonify, redirect, render_template_string, request, url_for
+from werkzeug.exceptions import HTTPException
 
 from pacs import __version__
 from pacs.config import Settings
-from pacs.errors import PacsError, StorageUnavailable
+from pacs.errors import InvalidInstance, NotFound, PacsError, StorageUnavailable
+from pacs.frames import FrameSource
+from pacs.render import NotRenderable
 from pacs.store.blobs import BlobStore
 from pacs.store.index import Index
+from pacs.store.users import Users
+from pacs.web import dicomweb, rendered, ui
+from pacs.web.auth import current_user, install as install_auth
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +43,20 @@ td,th{padding:.2rem 1rem .2rem 0;text-align:left}.ok{color:#070}.bad{color:#b00}
 {% endif %}
 <tr><th>Version</th><td>{{ version }}</td></tr>
 </table>
+<p><a href="/login?next=/worklist">Sign in · Đăng nhập</a></p>
 </body></html>
 """
+
+
+def status_for(exc: PacsError) -> int:
+    """The HTTP status of a domain error."""
+    if isinstance(exc, StorageUnavailable):
+        return 503
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, (NotRenderable, InvalidInstance)):
+        return 422  # the request was fine; the stored object cannot be rendered
+    return 400
 
 
 def create_app(
@@ -51,7 +68,19 @@ def create_app(
     app.config.update(JSON_AS_ASCII=False)
     if test_config:
         app.config.update(test_config)
-    app.extensions["pacs"] = {"settings": settings, "index": index, "blobs": blobs}
+    app.extensions["pacs"] = {
+        "settings": settings, "index": index, "blobs": blobs,
+        "frames": FrameSource(index, blobs, settings.render_cache_mb * 1024 * 1024),
+    }
+    install_auth(
+        app, Users(index, max_failures=settings.login_max_failures,
+                   lockout_minutes=settings.login_lockout_minutes),
+        secure_cookies=settings.public_url.startswith("https://"),
+        session_hours=settings.session_hours,
+    )
+    app.register_blueprint(rendered.bp)
+    dicomweb.install(app)  # QIDO-RS, WADO-RS, STOW-RS, WADO-URI (after rendered: no route overlaps)
+    app.register_blueprint(ui.bp)
 
     def health() -> dict[str, Any]:
         out: dict[str, Any] = {"ok": True, "version": __version__}
@@ -77,6 +106,13 @@ def create_app(
         return jsonify(h), (200 if h["ok"] else 503)
 
     @app.get("/")
+    def home() -> Any:
+        """Signed-in users go to the worklist; everyone else sees the public status page."""
+        if current_user() is not None:
+            return redirect(url_for("ui.worklist_page"))
+        return status_page()
+
+    @app.get("/status")
     def status_page() -> Any:
         h = health()
         body = render_template_string(
@@ -87,7 +123,17 @@ def create_app(
 
     @app.errorhandler(PacsError)
     def pacs_error(exc: PacsError) -> Any:
-        code = 503 if isinstance(exc, StorageUnavailable) else 400
-        return jsonify(error=html.escape(str(exc))), code
+        """Domain errors to HTTP, once (the message is for the user; never patient data)."""
+        code = status_for(exc)
+        if code >= 500:
+            log.warning("%s %s: %s", request.method, request.path, exc)
+        return jsonify(error=str(exc)), code
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        # JSON for API clients, the plain page for browsers.
+        if request.accept_mimetypes.accept_html and not request.path.startswith(("/dicomweb", "/api/")):
+            return exc
+        return jsonify(error=exc.description or exc.name), exc.code or 500
 
     return app

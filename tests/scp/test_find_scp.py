@@ -222,3 +222,23 @@ def test_result_limit(request: pytest.FixtureRequest, backend: str, tmp_path: Pa
         assert "answered the first 2 (find_limit)" in server.log
     finally:
         server.stop()
+
+
+def test_answers_carry_every_requested_key(find: Finder) -> None:
+    """Keys the index has, fixed ones and unknown ones, as DCMTK reads them off the wire
+    (the identifiers are written by pacs.scp.fastfind, not by pydicom)."""
+    keys = (f"StudyInstanceUID={S1}\\{S3}", "PatientName", "ModalitiesInStudy",
+            "NumberOfStudyRelatedInstances", "RetrieveAETitle", "InstanceAvailability", "PatientAge",
+            "ReferencedStudySequence", "StudyDescription")
+    answers, final = find("-S", "STUDY", *keys, extra=("-k", "SpecificCharacterSet=ISO_IR 192"))
+    assert "Success" in final
+    studies = by(answers, "StudyInstanceUID")
+    assert set(studies) == {S1, S3}
+    a, c = studies[S1], studies[S3]
+    assert (a.RetrieveAETitle, a.InstanceAvailability) == ("MINIPACS", "ONLINE")
+    assert a.PatientAge == "" and len(a.ReferencedStudySequence) == 0
+    assert list(a.ModalitiesInStudy) == ["CT", "SR"] and c.ModalitiesInStudy == "CR"
+    assert (str(c.PatientName), c.StudyDescription) == ("Đặng^Minh Châu", "X quang")
+    assert int(c.NumberOfStudyRelatedInstances) == 1
+    assert all(x.SpecificCharacterSet == "ISO_IR 192" and x.QueryRetrieveLevel == "STUDY"
+               for x in (a, c))

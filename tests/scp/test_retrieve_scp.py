@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pydicom
@@ -23,7 +24,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelMove,
@@ -35,7 +36,7 @@ from pacs.store.aes import parse_remote_aes
 from pacs.errors import ConfigError
 from tests.fixtures.dcmtk import DcmtkTools, run_tool
 from tests.fixtures.server import PacsServer
-from tests.scp.test_store_scp import scu_store
+from tests.scp.test_store_scp import sample_files, scu_store
 
 DEST = "DESTSCP"
 
@@ -74,9 +75,9 @@ def study(pacs_server: PacsServer, tmp_path: Path) -> StoredStudy:
     out.mkdir()
     study_uid, ct, mr = generate_uid(), generate_uid(), generate_uid()
     patient = "RET-" + study_uid[-8:]
-    files = [_rewrite(get_testdata_file("CT_small.dcm"), out, study_uid, ct, n, patient) for n in (1, 2, 3)]
+    files = [_rewrite(str(get_testdata_file("CT_small.dcm")), out, study_uid, ct, n, patient) for n in (1, 2, 3)]
     files += [
-        _rewrite(get_testdata_file(name), out, study_uid, mr, n, patient)
+        _rewrite(str(get_testdata_file(name)), out, study_uid, mr, n, patient)
         for n, name in enumerate(["MR_small_implicit.dcm", "MR_small_RLE.dcm",
                                   "MR_small_jp2klossless.dcm"], start=1)
     ]
@@ -310,7 +311,105 @@ def test_move_converts_for_a_destination_without_the_stored_syntax(
         scp.proc.wait(10)
 
 
+def _stored_samples(server: PacsServer) -> dict[str, Path]:
+    """Every file of sample_dicom/ stored through C-STORE as it is on disk (every syntax)."""
+    files = sample_files()
+    statuses = scu_store(server, list(files))
+    assert [s.Status for s in statuses] == [0] * len(files)
+    return {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
+
+
+def _as_stored(path: Path) -> tuple[str, bytes]:
+    """(transfer syntax, data set bytes as in the file, inflated when deflated)."""
+    return str(split_dataset(path)[0].TransferSyntaxUID), dataset_bytes(path)
+
+
+def _inflated(syntax: str, data: bytes) -> bytes:
+    return zlib.decompress(data, -zlib.MAX_WBITS) if syntax == "1.2.840.10008.1.2.1.99" else data
+
+
+def test_move_sends_every_stored_syntax_as_stored(
+    pacs_server: PacsServer, storescp: StoreSCP, dcmtk: DcmtkTools
+) -> None:
+    """Sent without a parse or re-encode (pacs.scp.sender): the same bytes, every syntax."""
+    files = _stored_samples(pacs_server)
+    register(pacs_server, "dest", storescp)
+    out = movescu(dcmtk, pacs_server, DEST, "QueryRetrieveLevel=IMAGE",
+                  "SOPInstanceUID=" + "\\".join(sorted(files)))
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    assert text.count("(Pending)") == len(files)  # one Pending response per sub-operation
+    assert "Received Final Move Response (Success)" in text
+    got = storescp.received()
+    assert set(got) == set(files)
+    for uid, sent in files.items():
+        assert _as_stored(got[uid]) == _as_stored(sent), sent.name
+
+
+def test_move_mixes_as_stored_and_converted_on_one_sub_association(
+    pacs_server: PacsServer, study: StoredStudy, dcmtk: DcmtkTools, tmp_path: Path
+) -> None:
+    # Implicit VR little endian only: the implicit MR goes as stored, every other instance
+    # (explicit CT, RLE, JPEG 2000) is converted, one after the other on one association.
+    scp = start_storescp(dcmtk, tmp_path / "implicit", "+xi", ae_title="IMPLICIT")
+    try:
+        register(pacs_server, "implicit", scp)
+        out = movescu(dcmtk, pacs_server, "IMPLICIT", "QueryRetrieveLevel=STUDY",
+                      f"StudyInstanceUID={study.study_uid}")
+        assert out.returncode == 0, out.stdout + out.stderr
+        got = scp.received()
+        assert set(got) == set(study.files)
+        for uid, sent in study.files.items():
+            received = pydicom.dcmread(got[uid])
+            assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+            if study.syntaxes[uid] == "1.2.840.10008.1.2":
+                assert dataset_bytes(got[uid]) == dataset_bytes(sent), uid
+            else:
+                assert np.array_equal(received.pixel_array, pydicom.dcmread(sent).pixel_array), uid
+    finally:
+        scp.proc.terminate()
+        scp.proc.wait(10)
+
+
 # -- C-GET -------------------------------------------------------------------------
+
+
+def test_get_sends_every_stored_syntax_as_stored(pacs_server: PacsServer) -> None:
+    """A pynetdicom C-GET SCU that proposes each stored syntax: the same bytes come back."""
+    files = _stored_samples(pacs_server)
+    pairs = sorted({(str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID), _as_stored(f)[0])
+                    for f in files.values()})
+    received: dict[str, tuple[str, bytes]] = {}
+
+    def on_store(event: evt.Event) -> int:
+        syntax, req = str(event.context.transfer_syntax), cast(Any, event.request)
+        received[str(req.AffectedSOPInstanceUID)] = (syntax, _inflated(syntax, req.DataSet.getvalue()))
+        return 0x0000
+
+    ae = AE(ae_title="PYGETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class, syntax in pairs:
+        ae.add_requested_context(sop_class, syntax)
+    roles: list[Any] = [build_role(c, scp_role=True) for c in sorted({c for c, _ in pairs})]
+    assoc = ae.associate("127.0.0.1", pacs_server.dicom_port, ae_title=pacs_server.ae_title,
+                         ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        responses = [status for status, _ in assoc.send_c_get(
+            ident("IMAGE", SOPInstanceUID="\\".join(sorted(files))),
+            StudyRootQueryRetrieveInformationModelGet)]
+    finally:
+        assoc.release()
+    n = len(files)
+    assert [r.Status for r in responses] == [0xFF00] * n + [0x0000]
+    assert [r.NumberOfRemainingSuboperations for r in responses[:-1]] == list(range(n - 1, -1, -1))
+    assert [r.NumberOfCompletedSuboperations for r in responses[:-1]] == list(range(1, n + 1))
+    assert responses[-1].NumberOfCompletedSuboperations == n
+    assert set(received) == set(files)
+    for uid, path in files.items():
+        assert received[uid] == _as_stored(path), path.name
+
+
 
 
 def getscu(dcmtk: DcmtkTools, server: PacsServer, folder: Path, *keys: str) -> subprocess.CompletedProcess[str]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import subprocess
-import sys
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,9 +16,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs.services import Services
 from tests.fixtures.dcmtk import DcmtkTools, run_tool

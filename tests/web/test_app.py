@@ -1,4 +1,4 @@
-"""The Flask app's /health and status page: in process with the test client, and on the real server."""
+"""The Flask app's /health and /status page: in process with the test client, and on the real server."""
 
 from __future__ import annotations
 
@@ -81,12 +81,15 @@ def test_health_counts_what_was_ingested(
 def test_status_page_shows_the_ae_title(
     settings: Settings, index: Index, blobs: FilesystemBlobStore
 ) -> None:
-    res = client_for(settings, index, blobs).get("/")
+    client = client_for(settings, index, blobs)
+    res = client.get("/status")
     assert res.status_code == 200
     assert res.mimetype == "text/html"
     page = res.get_data(as_text=True)
     assert f"AE title {AE_TITLE}, port 11999" in page
     assert "Running" in page and "Degraded" not in page
+    # Signed out, the home page is the status page too (signed in, it is the worklist).
+    assert client.get("/").get_data(as_text=True) == page
 
 
 def test_unusable_blob_store_is_503_not_500(
@@ -103,7 +106,7 @@ def test_unusable_blob_store_is_503_not_500(
     assert body["blobs"].startswith("unavailable")
     assert body["index"] == "ok"  # the index still answers; only the blob store is down
 
-    page = client.get("/")
+    page = client.get("/status")
     assert page.status_code == 503
     text = page.get_data(as_text=True)
     assert "Degraded" in text and "Running" not in text
@@ -121,7 +124,7 @@ def test_unmigrated_index_is_503_not_500(
         body = res.get_json()
         assert body["ok"] is False and body["counts"] is None
         assert body["index"].startswith("unavailable")
-        page = client.get("/")
+        page = client.get("/status")
         assert page.status_code == 503 and "Degraded" in page.get_data(as_text=True)
     finally:
         bare.dispose()

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""End-to-end latency of server-side rendering over HTTP, from a separate client process.
+
+What it measures (issue "display pipeline"), against ``pacs serve`` on the embedded
+defaults (filesystem + SQLite, waitress workers) started here on a fresh data folder:
+
+* the generated 512x512 CT (``make_ct_series.py``, 300 slices): first render of a
+  slice (cold: index look-up + blob read + decode + window + encode) and a re-render
+  of an already decoded slice with a new window (warm), PNG and JPEG, median and p95;
+* the whole 300-slice series in scroll order, over 1 and over 4 keep-alive connections,
+  images per second, cold (first pass) and warm (second pass, new window so no HTTP cache);
+* the 2048x2500 CR (``make_cr.py``) at full size and in a 1024-pixel viewport, PNG and JPEG.
+
+Every request is a real HTTP request with a bearer token (as a script would send), on
+persistent connections (as a browser would keep). Nothing is cached by the client: a new
+window or a cache-busting parameter makes every URL distinct.
+
+Example::
+
+    .venv/bin/python scripts/bench_render.py            # everything, about 2 minutes
+    .venv/bin/python scripts/bench_render.py --slices 100 --reps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+try:
+    from scripts import benchlib
+except ImportError:  # run as `python scripts/bench_render.py`
+    import benchlib  # type: ignore[no-redef]
+
+import pydicom
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+class Client:
+    """One keep-alive HTTP connection with a bearer token."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def get(self, path: str, accept: str) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        self.conn.request("GET", path, headers={**self.headers, "Accept": accept})
+        resp = self.conn.getresponse()
+        body = resp.read()
+        dt = (time.perf_counter() - t0) * 1000
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path}: {resp.status} {body[:200]!r}")
+        return dt, len(body)
+
+
+def instance_urls(folder: Path) -> list[str]:
+    rows = []
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        rows.append((int(ds.InstanceNumber or 0), f"/dicomweb/studies/{ds.StudyInstanceUID}/series/"
+                     f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/rendered"))
+    return [u for _, u in sorted(rows)]
+
+
+def scroll(port: int, token: str, urls: list[str], accept: str, connections: int, query: str) -> float:
+    """Render every URL once, split round-robin over ``connections``; return images/s."""
+    errors: list[BaseException] = []
+
+    def run(part: list[str]) -> None:
+        c = Client(port, token)
+        try:
+            for u in part:
+                c.get(u + query, accept)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    parts = [urls[i::connections] for i in range(connections)]
+    threads = [threading.Thread(target=run, args=(p,)) for p in parts]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return len(urls) / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--reps", type=int, default=50, help="samples per latency figure")
+    ap.add_argument("--http-workers", type=int, default=0, help="server HTTP workers (0 = per core)")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    work = benchlib.fresh_workdir("minipacs-render-")
+    ct_dir, cr_dir = work / "ct", work / "cr"
+    py = sys.executable
+    print(f"generating {args.slices}-slice CT and a 2048x2500 CR in {work} …", flush=True)
+    subprocess.run([py, str(ROOT / "scripts/make_ct_series.py"), "--out", str(ct_dir),
+                    "--slices", str(args.slices)], check=True, capture_output=True)
+    subprocess.run([py, str(ROOT / "scripts/make_cr.py"), "--out", str(cr_dir)], check=True,
+                   capture_output=True)
+    data = work / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    pacs = benchlib.pacs_command()
+    subprocess.run([pacs, "import", "-q", "--data-dir", str(data), str(ct_dir), str(cr_dir)],
+                   check=True, env=env)
+    # The first start creates the admin; a token is what a script would use.
+    results: dict[str, object] = {"machine": f"{platform.node()} {os.cpu_count()} cores, "
+                                  f"Python {platform.python_version()}"}
+    with benchlib.pacs_server(data, env, extra_args=["--http-workers", str(args.http_workers)]) as srv:
+        token = subprocess.run([pacs, "token", "create", "admin", "--data-dir", str(data)],
+                               check=True, env=env, capture_output=True, text=True).stdout.strip()
+        port = srv.http_port
+        ct = instance_urls(ct_dir)
+        cr = instance_urls(cr_dir)[0]
+        c = Client(port, token)
+        c.get(ct[0], "image/jpeg")  # first request of the worker: imports, connections
+
+        def lat(name: str, samples: list[float]) -> None:
+            results[name] = {"median_ms": round(statistics.median(samples), 2),
+                             "p95_ms": round(pct(samples, 0.95), 2)}
+            print(f"{name:38s} median {statistics.median(samples):7.2f} ms   p95 {pct(samples, .95):7.2f} ms",
+                  flush=True)
+
+        n = min(args.reps, len(ct) // 2 - 1)
+        # Cold: slices never rendered in this process (two disjoint sets for the two formats).
+        lat("CT cold JPEG", [c.get(u, "image/jpeg")[0] for u in ct[1:1 + n]])
+        lat("CT cold PNG", [c.get(u, "image/png")[0] for u in ct[1 + n:1 + 2 * n]])
+        # Warm: the same decoded slice, a new window every time.
+        warm = ct[len(ct) // 2]
+        lat("CT new window JPEG", [c.get(f"{warm}?window={40 + i},{400 + i}", "image/jpeg")[0]
+                                   for i in range(args.reps)])
+        lat("CT new window PNG", [c.get(f"{warm}?window={40 + i},{400 + i}", "image/png")[0]
+                                  for i in range(args.reps)])
+
+        # The CR: cold once, then warm with new windows.
+        cold_cr = c.get(cr + "?quality=90", "image/jpeg")[0]
+        results["CR cold JPEG full"] = {"ms": round(cold_cr, 1)}
+        print(f"{'CR cold JPEG full':38s} {cold_cr:7.1f} ms", flush=True)
+        reps = max(5, args.reps // 5)
+        lat("CR full PNG", [c.get(f"{cr}?window={2000 + i},{4000 + i}", "image/png")[0] for i in range(reps)])
+        lat("CR full JPEG", [c.get(f"{cr}?window={2000 + i},{4000 + i}", "image/jpeg")[0] for i in range(reps)])
+        lat("CR viewport 1024 PNG", [c.get(f"{cr}?viewport=1024,1024&window={2000 + i},{4000 + i}",
+                                           "image/png")[0] for i in range(reps)])
+        lat("CR viewport 1024 JPEG", [c.get(f"{cr}?viewport=1024,1024&window={2000 + i},{4000 + i}",
+                                            "image/jpeg")[0] for i in range(reps)])
+
+        # Whole series in scroll order, every slice already decoded: each HTTP worker process
+        # has its own cache and a connection stays with one worker, so warm up with a few
+        # passes over new connections first; then a new window per pass (no HTTP cache hit).
+        for i in range(3):
+            scroll(port, token, ct, "image/jpeg", 4, f"?window=40,{400 + i}")
+        for conns in (1, 4):
+            for kind in ("image/jpeg", "image/png"):
+                tag = f"{kind.split('/')[1].upper()} {conns} conn"
+                rate = scroll(port, token, ct, kind, conns, f"?window=41,401&c={conns}{kind[-3:]}")
+                results[f"series warm {tag}"] = round(rate, 1)
+                print(f"{'series ' + tag + ' (decoded)':38s} {rate:7.1f} images/s", flush=True)
+    # Cold scrolling needs a server that has decoded nothing: restart it for each pass.
+    for conns in (1, 4):
+        for kind in ("image/jpeg", "image/png"):
+            with benchlib.pacs_server(data, env, extra_args=["--http-workers", str(args.http_workers)]) as srv:
+                Client(srv.http_port, token).get(cr, "image/jpeg")  # warm the worker, not the slices
+                tag = f"{kind.split('/')[1].upper()} {conns} conn"
+                rate = scroll(srv.http_port, token, ct, kind, conns, "")
+                results[f"series cold {tag}"] = round(rate, 1)
+                print(f"{'series ' + tag + ' (cold)':38s} {rate:7.1f} images/s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
