@@ -150,18 +150,6 @@ def _shared_port(settings: Settings) -> int:
     return int(settings.extra.get("dicom_port_bound", settings.dicom_port))
 
 
-def make_http_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
-    """The HTTP listening socket, bound once and shared by every HTTP worker."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    # Non-blocking: when several workers wake for one connection, the losers get EAGAIN.
-    sock.setblocking(False)
-    return sock
-
-
 def ensure_admin(settings: Settings, users: Any) -> None:
     """First start: create ``admin`` with a random password kept in ``<data_dir>/initial-admin-password``.
 
@@ -242,7 +230,7 @@ class Supervisor:
 
         self.listener = make_listener(s.host, s.dicom_port)
         self.dicom_port = self.listener.getsockname()[1]
-        self.http_listener = make_http_listener(s.host, s.http_port)
+        self.http_listener = make_listener(s.host, s.http_port, backlog=1024)
         self.http_port = self.http_listener.getsockname()[1]
         n, n_http = s.resolved_dicom_workers, s.resolved_http_workers
         # Nothing of ours may be running in a thread or hold a connection across fork().
@@ -251,6 +239,10 @@ class Supervisor:
         import waitress  # noqa: F401
 
         import pacs.web  # noqa: F401
+
+        # Import the codecs and encoders here, once, so the forked HTTP workers share those
+        # pages instead of each importing its own copy (about 10 MB per worker).
+        _warm_up()
 
         services.close()
 

@@ -11,7 +11,7 @@ need_apt=()
 for tool in storescu findscu movescu getscu dcm2pnm dcmdump; do
   [ -x "/usr/bin/$tool" ] || need_apt=(dcmtk)
 done
-# The browser tests drive Debian's Chromium through Playwright (never 'playwright install').
+# The browser tests drive Debian's /usr/bin/chromium through Playwright (never its own download).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 # The OHIF test fetches the prebuilt viewer with 'npm pack @ohif/app' (cached in ~/.cache/minipacs).
 command -v npm >/dev/null || need_apt+=(npm)

@@ -170,7 +170,10 @@ class SharedListenerServer(ThreadedAssociationServer):
 
 
 def make_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """The DICOM listening socket, created once and shared by every receiver process."""
+    """A listening socket, created once and shared by every worker process (DICOM or HTTP).
+
+    Non-blocking: when several processes wake for one connection, the losers get EAGAIN.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
