@@ -341,6 +341,102 @@ def token_revoke(ctx: click.Context, name: str, data_dir: Path | None) -> None:
     click.echo(f"revoked {n} token(s) of {name}")
 
 
+@contextlib.contextmanager
+def _shares(ctx: click.Context, data_dir: Path | None) -> Iterator[tuple[Settings, Any, Any]]:
+    """Settings, share links and users (for the audit log) on the configured index."""
+    from pacs.services import open_index, open_shares
+    from pacs.store.users import Users
+
+    s = _settings(ctx, data_dir=data_dir)
+    index = open_index(s)
+    try:
+        index.migrate()
+        yield s, open_shares(s, index), Users(index)
+    except PacsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        index.dispose()
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "-"
+
+
+@main.group()
+def share() -> None:
+    """Shared study links (/s/<token>) for remote consultation, without an account."""
+
+
+@share.command("create")
+@click.argument("study_uid")
+@click.option("--days", type=float, help="Days until the link expires (default: share_default_days).")
+@click.option("--pin", default="", help="A 4-8 digit PIN the visitor must type.")
+@click.option("--deidentify", is_flag=True, help="Show the study de-identified (PS3.15 Basic Profile).")
+@click.option("--download", is_flag=True, help="Allow downloading the study as a ZIP with a DICOMDIR.")
+@click.option("--notes/--no-notes", default=True, help="Let visitors leave consultation notes.")
+@click.option("--series", "series", multiple=True, metavar="UID", help="Share only this series (repeatable).")
+@click.option("--label", default="", help="What the link is for, e.g. 'Hội chẩn BV Bạch Mai'.")
+@click.option("--creator", default="cli", help="User name recorded as the link's creator.")
+@click.option("--qr/--no-qr", default=None, help="Print a QR code of the URL (default: on a terminal).")
+@_data_dir
+@click.pass_context
+def share_create(ctx: click.Context, study_uid: str, days: float | None, pin: str, deidentify: bool,
+                 download: bool, notes: bool, series: tuple[str, ...], label: str, creator: str,
+                 qr: bool | None, data_dir: Path | None) -> None:
+    """Create a link to STUDY_UID and print its URL (the token is shown only this once)."""
+    with _shares(ctx, data_dir) as (s, shares, users):
+        token, link = shares.create(
+            study_uid, created_by=creator, days=days, pin=pin, deidentify=deidentify,
+            allow_download=download, allow_notes=notes, series_uids=series, label=label)
+        users.audit("share-create", username=creator, study=study_uid, address="cli",
+                    detail=f"share {link.id}")
+    url = f"{s.public_url.rstrip('/')}/s/{token}"
+    click.echo(url)
+    click.echo(f"link {link.id}, expires {_when(link.expires_at)}"
+               + ("" if s.public_url else " (set public_url to print a full address)"), err=True)
+    if qr if qr is not None else sys.stdout.isatty():
+        import segno
+
+        segno.make(url, error="m").terminal(compact=True)
+
+
+@share.command("list")
+@click.argument("study_uid", required=False)
+@click.option("--all", "show_all", is_flag=True, help="Also expired and revoked links.")
+@_data_dir
+@click.pass_context
+def share_list(ctx: click.Context, study_uid: str | None, show_all: bool, data_dir: Path | None) -> None:
+    """List the active links (of STUDY_UID, or of every study)."""
+    with _shares(ctx, data_dir) as (_s, shares, _users):
+        links = shares.for_study(study_uid) if study_uid else shares.active()
+        now = shares.clock()
+    shown = [x for x in links if show_all or x.state(now) == "active"]
+    if not shown:
+        click.echo("no links")
+    for x in shown:
+        flags = ",".join(f for f, on in (("pin", x.has_pin), ("deidentified", x.deidentify),
+                                          ("download", x.allow_download), ("notes", x.allow_notes),
+                                          (f"{len(x.series_uids)}-series", bool(x.series_uids))) if on)
+        click.echo(f"{x.id}\t{x.state(now)}\t{x.study_instance_uid}\texpires {_when(x.expires_at)}\t"
+                   f"views {x.views}\tlast {_when(x.last_access_at)}\t{x.created_by}\t{flags or '-'}\t{x.label}")
+
+
+@share.command("revoke")
+@click.argument("share_id", metavar="ID", type=int)
+@_data_dir
+@click.pass_context
+def share_revoke(ctx: click.Context, share_id: int, data_dir: Path | None) -> None:
+    """Revoke link ID at once (every node refuses it at its next request)."""
+    with _shares(ctx, data_dir) as (_s, shares, users):
+        link = shares.get(share_id)
+        if link is None:
+            raise click.ClickException(f"no link {share_id}")
+        shares.revoke(share_id)
+        users.audit("share-revoke", username="cli", study=link.study_instance_uid, address="cli",
+                    detail=f"share {share_id}")
+    click.echo(f"revoked link {share_id}")
+
+
 @main.command()
 @click.pass_context
 def settings(ctx: click.Context) -> None:

@@ -83,6 +83,9 @@ class Settings:
     #: Failed sign-ins in a row before an account is locked, and for how many minutes.
     login_max_failures: int = 5
     login_lockout_minutes: float = 15.0
+    #: Days a shared study link (``/s/<token>``) lasts when its creator gives none, and the most allowed.
+    share_default_days: float = 7.0
+    share_max_days: float = 30.0
 
     # Start-up.
     #: Import ``sample_dicom/`` into an empty archive at the first start.
@@ -185,6 +188,8 @@ def _validated(settings: Settings) -> Settings:
         raise ConfigError("public_url must start with http:// or https://")
     if settings.stow_max_mb < 0:
         raise ConfigError("stow_max_mb must be 0 (no limit) or positive")
+    if not 0 < settings.share_default_days <= settings.share_max_days:
+        raise ConfigError("share_default_days must be more than 0 and at most share_max_days")
     if settings.find_limit < 0:
         raise ConfigError("find_limit must be 0 (no limit) or positive")
     if settings.remote_aes.strip():

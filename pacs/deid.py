@@ -10,7 +10,14 @@ images whose Burned In Annotation is YES are reported by :func:`has_burned_in_te
 
 Dates are shifted by a per-link offset rather than emptied (PS3.15 E.3.6, Retain
 Longitudinal Temporal Information with Modified Dates Option), so intervals between
-studies stay readable; that option is recorded in the de-identification method.
+studies stay readable. Age, sex, size and weight are kept (E.3.7, Retain Patient
+Characteristics Option): a consultant reads a chest film differently at 8 and at 80; the
+age is derived from the birth date when the modality did not send it, then the birth date
+is emptied. Both options are recorded in the de-identification method.
+
+The patient's name and ID become an obvious label (``ANON^3FA9C21B``, ``ANON-3FA9C21B``,
+stable within the link) rather than dicognito's realistic fake names: a doctor reading a
+shared study must never mistake it for a real, different patient.
 """
 
 from __future__ import annotations
@@ -41,14 +48,14 @@ REMOVE = (
     "TextString", "TextComments", "VisitComments", "ServiceEpisodeDescription", "IdentifyingComments",
     "FrameComments", "ResultsComments", "ImagePresentationComments", "TopicTitle", "TopicAuthor",
     "TopicSubject", "TopicKeywords", "DigitalSignaturesSequence", "OriginalAttributesSequence",
-    "ModifiedAttributesSequence", "ContentCreatorName", "StationName", "PatientSize",
-    "PatientWeight", "PatientAge", "Occupation",
+    "ModifiedAttributesSequence", "ContentCreatorName", "StationName", "Occupation",
 )
 
 #: PS3.16 CID 7050 codes recorded in De-identification Method Code Sequence (0012,0064).
 METHOD_CODES = (("113100", "Basic Application Confidentiality Profile"),
-                ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
-METHOD = "PS3.15 Basic Profile, modified dates (dicognito)"  # LO: 64 characters at most
+                ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+                ("113108", "Retain Patient Characteristics Option"))
+METHOD = "PS3.15 Basic Profile, modified dates, patient characteristics"  # LO: at most 64
 
 
 def _strip(ds: Dataset) -> None:
@@ -77,9 +84,17 @@ class Deidentifier:
 
     def dataset(self, ds: Dataset) -> Dataset:
         """De-identify ``ds`` in place and return it (pixel data untouched)."""
+        label = pseudonym(self.salt, str(ds.get("PatientID", "")) or str(ds.get("PatientName", "")))
+        age = str(ds.get("PatientAge", "")) or _age(str(ds.get("PatientBirthDate", "")),
+                                                   str(ds.get("StudyDate", "")))
         ds.remove_private_tags()
         self._anonymizer.anonymize(ds)
         _strip(ds)
+        ds.PatientName = label.replace("-", "^", 1)
+        ds.PatientID = label
+        ds.PatientBirthDate = ""  # Basic Profile action Z; the age below says what matters
+        if age:
+            ds.PatientAge = age
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = METHOD
         codes = []
@@ -100,6 +115,22 @@ class Deidentifier:
         probe.SOPInstanceUID = original
         self._anonymizer.anonymize(probe)
         return str(probe.SOPInstanceUID)
+
+
+def _age(birth: str, on: str) -> str:
+    """PS3.5 AS value (``042Y``) from two DA values, or ``""`` when either is unusable."""
+    try:
+        b = (int(birth[:4]), int(birth[4:6]), int(birth[6:8]))
+        d = (int(on[:4]), int(on[4:6]), int(on[6:8]))
+    except ValueError:
+        return ""
+    years = d[0] - b[0] - ((d[1], d[2]) < (b[1], b[2]))
+    if years < 0 or years > 150:
+        return ""
+    if years >= 2:
+        return f"{years:03d}Y"
+    months = (d[0] - b[0]) * 12 + d[1] - b[1] - (d[2] < b[2])
+    return f"{max(months, 0):03d}M"
 
 
 def has_burned_in_text(ds: Dataset) -> bool:

@@ -19,7 +19,12 @@ whole: one read beats several round trips for a 0.5 MB CT slice.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import pickle
+import select
+import signal
 import struct
 import threading
 import time
@@ -30,9 +35,19 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from pacs.errors import NotFound
-from pacs.render import Frame, Instance, NotRangeable, NotRenderable
-from pacs.store.blobs import BlobStore
+from pacs.errors import NotFound, PacsError
+from pacs.render import (
+    Frame,
+    Instance,
+    NotRangeable,
+    NotRenderable,
+    Viewport,
+    Window,
+    encode,
+    render_file,
+    thumbnail,
+)
+from pacs.store.blobs import BlobStore, FilesystemBlobStore
 from pacs.store.index import Index, InstanceRecord
 
 log = logging.getLogger(__name__)
@@ -47,6 +62,13 @@ HEADER_READ = 64 * 1024
 HEADER_LIMIT = 64 * 1024 * 1024
 #: Read size while walking fragment item headers (PS3.5 A.4) of small fragments.
 WALK_CHUNK = 64 * 1024
+#: Images rendered ahead of a viewer scrolling through a series (or a cine through frames).
+AHEAD = 8
+#: Only frames up to this many pixels are rendered ahead (slices, not radiographs).
+AHEAD_MAX_PIXELS = 1024 * 1024
+#: Rendered-ahead images kept waiting for their request, at most (bytes bound: AHEAD_MAX_BYTES each).
+AHEAD_KEEP = 3 * AHEAD
+AHEAD_MAX_BYTES = 2 * 1024 * 1024
 
 _ITEM = 0xFFFEE000  # PS3.5 7.5: Item tag
 _SEQ_DELIMITER = 0xFFFEE0DD  # PS3.5 7.5: Sequence Delimitation Item tag
@@ -350,22 +372,236 @@ def open_ranged(blobs: BlobStore, key: str, size: int,
 # --------------------------------------------------------------------------- frame source
 
 
+def _read_exact(fd: int, size: int) -> bytes | None:
+    """``size`` bytes from ``fd``; None at end of file."""
+    parts, got = [], 0
+    while got < size:
+        chunk = os.read(fd, min(size - got, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, *chunks: bytes) -> None:
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _send(fd: int, message: Any) -> None:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_all(fd, struct.pack("<Q", len(payload)), payload)
+
+
+def _receive(fd: int) -> Any:
+    head = _read_exact(fd, 8)
+    if head is None:
+        raise EOFError
+    payload = _read_exact(fd, struct.unpack("<Q", head)[0])
+    if payload is None:
+        raise EOFError
+    return pickle.loads(payload)  # noqa: S301 - our own child process, over a private pipe
+
+
+#: Longest a request waits for its image being rendered ahead (seconds): a backstop only,
+#: the child answers within RESULT_TIMEOUT or is replaced.
+PENDING_WAIT = 30.0
+#: Longest the child may take for one image (milliseconds of work, even on a busy machine).
+#: Past it the child is presumed stuck and is killed; the next job forks a new one. The child
+#: is forked by a thread while request threads run: if one of them held a lock the child then
+#: needs (a lazy import, say), the child would wait for ever, and with it every image it owes.
+RESULT_TIMEOUT = 5.0
+
+
+class _Renderer:
+    """A child process that renders and encodes files (:func:`pacs.render.render_file`) on its
+    own interpreter lock.
+
+    Why a process: a thread of this process rendering ahead shares the interpreter lock with
+    the request threads (and waitress' loop); every numpy call or read it makes hands the lock
+    back and waits for it, and it ran at half its speed. The child is forked from this process
+    (sharing its loaded modules, copy-on-write), keeps only two pipes (every other inherited
+    descriptor, client sockets included, is closed), and exits when this process closes its
+    end or dies. It holds nothing between requests.
+    """
+
+    def __init__(self, read: Callable[[str], bytes] | None = None) -> None:
+        #: Reads a blob by key in the child (a filesystem store: opens a path per call, so it
+        #: works with the descriptors closed); without it the parent sends the bytes.
+        self.read = read
+        jobs_r, jobs_w = os.pipe()
+        results_r, results_w = os.pipe()
+        for fd in (jobs_w, results_w):  # a CT slice in one write, not sixteen (64 KiB default)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+            except (OSError, AttributeError):
+                pass
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 0
+            try:
+                self._child(jobs_r, results_w)
+            except BaseException:  # noqa: BLE001 - nothing to report to: the parent sees EOF
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(jobs_r)
+        os.close(results_w)
+        self.pid, self._jobs, self._results = pid, jobs_w, results_r
+        self._lock = threading.Lock()
+        self.alive = True
+
+    def _child(self, jobs: int, results: int) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+        keep = {0, 1, 2, jobs, results}
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) not in keep:
+                try:
+                    os.close(int(name))
+                except OSError:
+                    pass
+        while True:
+            try:
+                job = _receive(jobs)
+            except EOFError:
+                return
+            try:
+                source, *rest = job
+                raw = self.read(source) if isinstance(source, str) and self.read else source
+                answer: tuple[str, Any] = ("ok", render_file(raw, *rest))
+            except Exception as exc:  # noqa: BLE001 - the request renders it again and reports
+                answer = ("error", f"{type(exc).__name__}: {exc}")
+            _send(results, answer)
+
+    def submit(self, source: bytes | str, number: int, params: tuple[Any, ...]) -> bool:
+        """Queue a file for rendering (its bytes, or its blob key when the child can read it
+        with ``read``); False if the child is gone. Answers come back in order (:meth:`result`)."""
+        with self._lock:
+            if not self.alive:
+                return False
+            try:
+                _send(self._jobs, (source, number, *params))
+            except OSError:
+                self.close()
+                return False
+            return True
+
+    def result(self) -> bytes | None:
+        """The next rendered image, or None if the child could not make it (the request will)."""
+        with self._lock:
+            if not self.alive:
+                return None
+            try:
+                ready, _, _ = select.select([self._results], [], [], RESULT_TIMEOUT)
+                if not ready:
+                    log.warning("render-ahead child %d gave no answer in %.0f s: replacing it",
+                                self.pid, RESULT_TIMEOUT)
+                    os.kill(self.pid, signal.SIGKILL)
+                    raise EOFError
+                status, value = _receive(self._results)
+            except (OSError, EOFError):
+                self.close()
+                return None
+        return value if status == "ok" else None  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Under _lock (or when nothing else uses it)."""
+        if self.alive:
+            self.alive = False
+            for fd in (self._jobs, self._results):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            threading.Thread(target=_reap, args=(self.pid,), daemon=True).start()
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+class _Pending:
+    """An image being rendered ahead: its bytes once ``done`` is set (None if it failed)."""
+
+    __slots__ = ("data", "done")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _Series:
+    """A series' instances in reading order (as the viewer scrolls them), for a while."""
+
+    expires: float
+    records: list[InstanceRecord]
+    position: dict[str, int]
+
+
 class FrameSource:
     """Find an instance in the index, read its blob (or its header and then frame by frame)
-    once, decode frames once."""
+    once, decode frames once; render ahead of a viewer scrolling in one direction.
+
+    Rendering ahead: when the requests of one connection walk a series one slice at a time
+    (three in a row, same direction, same rendering parameters), the next :data:`AHEAD`
+    slices are rendered and encoded on the core the request does not use, and handed to
+    their requests when they arrive (byte for byte what the request would have made: the
+    same pure functions). A background thread runs it; single-frame instances are rendered
+    by a child process (:class:`_Renderer`, forked at the first rendered request, while the
+    process is small: a child pins the memory it shares at fork time), other frames in the
+    thread. It only runs while at most one rendered request is in progress in this process
+    (so it never competes with other requests for the CPU), only for frames up to
+    :data:`AHEAD_MAX_PIXELS`, and keeps at most :data:`AHEAD_KEEP` images (of at most
+    :data:`AHEAD_MAX_BYTES`). Frames decoded in the thread go through the bounded cache.
+    """
 
     def __init__(self, index: Index, blobs: BlobStore, cache_bytes: int, *,
-                 ranged_threshold: int = RANGED_THRESHOLD, header_read: int = HEADER_READ) -> None:
+                 ranged_threshold: int = RANGED_THRESHOLD, header_read: int = HEADER_READ,
+                 ahead: int = AHEAD, ahead_process: bool = True) -> None:
         self.index = index
         self.blobs = blobs
         self.cache = LRUCache(cache_bytes)
         self.ranged_threshold = ranged_threshold
         self.header_read = header_read
+        #: Images rendered ahead of a scroll; 0 turns it off (as does a cache of 0 bytes).
+        self.ahead = ahead if cache_bytes > 0 else 0
+        #: Render ahead in a child process (:class:`_Renderer`) rather than in a thread of this one.
+        self.ahead_process = ahead_process and hasattr(os, "fork")
+        self._renderer: _Renderer | None = None
         # One decode per key at a time: concurrent requests for the same cold slice (the
         # viewer prefetching while the user scrolls) wait for the first instead of all decoding.
         self._loading: dict[Any, threading.Lock] = {}
         self._records: dict[str, tuple[float, InstanceRecord]] = {}
         self._loading_lock = threading.Lock()
+        # Rendering ahead (all under _cv): series lists, each sequence's last position and
+        # step, images rendered or being rendered, the next job, requests in progress.
+        self._cv = threading.Condition()
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._series_wanted: list[tuple[str, str]] = []
+        self._last: dict[Any, tuple[int, int]] = {}
+        self._ready: OrderedDict[Any, _Pending] = OrderedDict()
+        self._job: tuple[list[tuple[InstanceRecord, int]], tuple[Any, ...]] | None = None
+        self._busy = 0
+        self._worker_pid = 0
+        #: Counters for tests and the curious: images served from the ahead renders, rendered.
+        self.ahead_hits = 0
+        self.ahead_renders = 0
+        #: True while the render-ahead thread has a job in hand (under _cv).
+        self.working = False
 
     def record(self, study: str | None, series: str | None, sop: str) -> InstanceRecord:
         """The index row of ``sop``; NotFound unless it belongs to ``study``/``series`` when given.
@@ -381,14 +617,17 @@ class FrameSource:
         else:
             rec = self.index.get_instance(sop)
             if rec is not None:
-                if len(self._records) > 50_000:
-                    self._records.clear()
-                self._records[sop] = (now + RECORD_TTL, rec)
+                self._remember(rec, now + RECORD_TTL)
         if rec is None or (study and rec.study_instance_uid != study) or (
             series and rec.series_instance_uid != series
         ):
             raise NotFound("no such instance")
         return rec
+
+    def _remember(self, rec: InstanceRecord, expires: float) -> None:
+        if len(self._records) > 50_000:
+            self._records.clear()
+        self._records[rec.sop_instance_uid] = (expires, rec)
 
     def _once(self, key: Any, make: Callable[[], tuple[Any, int]]) -> Any:
         value = self.cache.get(key)
@@ -408,29 +647,243 @@ class FrameSource:
                     del self._loading[key]
         return value
 
+    def _load_instance(self, rec: InstanceRecord) -> tuple[Instance, int]:
+        size = rec.size if rec.size > 0 else self.blobs.size(rec.blob_key)
+        if size >= self.ranged_threshold:
+            try:
+                inst, nbytes = open_ranged(self.blobs, rec.blob_key, size, self.header_read)
+            except NotRangeable as exc:
+                log.info("instance %s (%d bytes) is read whole: %s",
+                         rec.sop_instance_uid, size, exc)
+            else:
+                log.debug("instance %s (%d bytes, %d frames) is read by frame",
+                          rec.sop_instance_uid, size, inst.number_of_frames)
+                return inst, nbytes
+        inst = Instance.from_bytes(self.blobs.get(rec.blob_key))
+        return inst, inst.nbytes()
+
     def instance(self, rec: InstanceRecord) -> Instance:
         """The parsed instance: whole, or header and frame map only when the blob is big."""
-        def load() -> tuple[Instance, int]:
-            size = rec.size if rec.size > 0 else self.blobs.size(rec.blob_key)
-            if size >= self.ranged_threshold:
-                try:
-                    inst, nbytes = open_ranged(self.blobs, rec.blob_key, size, self.header_read)
-                except NotRangeable as exc:
-                    log.info("instance %s (%d bytes) is read whole: %s",
-                             rec.sop_instance_uid, size, exc)
-                else:
-                    log.debug("instance %s (%d bytes, %d frames) is read by frame",
-                              rec.sop_instance_uid, size, inst.number_of_frames)
-                    return inst, nbytes
-            inst = Instance.from_bytes(self.blobs.get(rec.blob_key))
-            return inst, inst.nbytes()
-
-        return self._once(("i", rec.blob_key), load)  # type: ignore[no-any-return]
+        return self._once(("i", rec.blob_key), lambda: self._load_instance(rec))  # type: ignore[no-any-return]
 
     def frame(self, rec: InstanceRecord, number: int) -> Frame:
         """Decoded frame ``number`` (1-based) of an indexed instance."""
         def load() -> tuple[Frame, int]:
-            fr = self.instance(rec).frame(number)
+            inst = self.cache.get(("i", rec.blob_key))
+            if inst is None and number == 1 and rec.number_of_frames <= 1:
+                # A single frame: only the decoded frame is kept (for a native image it is
+                # a view of the stored bytes, so keeping the instance too would count them twice).
+                inst, nbytes = self._load_instance(rec)
+                if inst.number_of_frames > 1 or inst.by_frame:
+                    self.cache.put(("i", rec.blob_key), inst, nbytes)
+            elif inst is None:
+                inst = self.instance(rec)
+            fr = inst.frame(number)
             return fr, fr.nbytes()
 
         return self._once(("f", rec.blob_key, number), load)  # type: ignore[no-any-return]
+
+    # ----------------------------------------------------------------------- rendered images
+
+    def encoded(self, rec: InstanceRecord, number: int, window: Window | None,
+                viewport: Viewport | None, media_type: str, quality: int | None) -> bytes:
+        """Frame ``number`` rendered (:meth:`Frame.render`) and encoded (:func:`encode`)."""
+        key = (rec.blob_key, number, window, viewport, media_type, quality)
+        with self._cv:
+            self._busy += 1
+            pending = self._ready.pop(key, None)
+            if self.ahead and self._worker_pid != os.getpid():
+                self._start_worker()  # early: the child process is forked while we are small
+        try:
+            if self.ahead:
+                self._note(rec, number, (window, viewport, media_type, quality))
+            # An image being made ahead takes milliseconds; past PENDING_WAIT something is wrong
+            # with the child (busy machine, stuck): render it here rather than stall the scroll.
+            if pending is not None and pending.done.wait(PENDING_WAIT) and pending.data is not None:
+                self.ahead_hits += 1
+                return pending.data
+            image = self.frame(rec, number).render(window, viewport)
+            return encode(image, media_type, quality)
+        finally:
+            with self._cv:
+                self._busy -= 1
+
+    def thumbnail(self, rec: InstanceRecord, number: int, size: int, media_type: str,
+                  quality: int | None) -> bytes:
+        """Frame ``number`` with its default window, fitted inside ``size`` x ``size``, encoded."""
+        return encode(thumbnail(self.frame(rec, number), size), media_type, quality)
+
+    def _note(self, rec: InstanceRecord, number: int, params: tuple[Any, ...]) -> None:
+        """Remember where this request is in its sequence; three steps of one slice in the
+        same direction with the same parameters start rendering the next ones."""
+        now = time.monotonic()
+        if rec.number_of_frames > 1:  # a cine: the frames of one instance
+            seq: Any = (rec.blob_key, params)
+            pos, count = number - 1, rec.number_of_frames
+            series = None
+        else:
+            where = (rec.study_instance_uid, rec.series_instance_uid)
+            with self._cv:
+                series = self._series.get(where)
+                if series is None or series.expires <= now:
+                    if where not in self._series_wanted:
+                        self._series_wanted.append(where)
+                        self._start_worker()
+                        self._cv.notify()
+                    if series is None:
+                        return
+            found = series.position.get(rec.sop_instance_uid)
+            if found is None:
+                return
+            seq, pos, count = (where, params), found, len(series.records)
+        with self._cv:
+            last = self._last.get(seq)
+            step = pos - last[0] if last is not None else 0
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[seq] = (pos, step)
+            if step not in (1, -1) or last is None or last[1] != step:
+                return
+            ends = range(pos + step, max(-1, min(count, pos + step * (self.ahead + 1))), step)
+            if series is None:
+                items = [(rec, p + 1) for p in ends]
+            else:
+                # Rows from the index (columns are not there): images, and not radiographs.
+                items = [(series.records[p], 1) for p in ends
+                         if 0 < (series.records[p].rows or 0) ** 2 <= AHEAD_MAX_PIXELS]
+            if items:
+                self._job = (items, params)
+                self._start_worker()
+                self._cv.notify()
+
+    def _start_worker(self) -> None:
+        """Start the background thread in this process (once; again after a fork). Under _cv."""
+        if self._worker_pid != os.getpid():
+            self._worker_pid = os.getpid()
+            threading.Thread(target=self._work, name="render-ahead", daemon=True).start()
+
+    def _work(self) -> None:
+        self._child()
+        while True:
+            with self._cv:
+                while self._job is None and not self._series_wanted:
+                    self._cv.wait()
+                if self._series_wanted:
+                    where, job = self._series_wanted[0], None
+                else:
+                    job, self._job = self._job, None
+                self.working = True
+            try:
+                if job is None:
+                    self._load_series(where)
+                    with self._cv:
+                        self._series_wanted.remove(where)
+                    continue
+                self._child()  # again if it died
+                self._run_job(*job)
+            finally:
+                with self._cv:
+                    self.working = False
+
+    def _run_job(self, items: list[tuple[InstanceRecord, int]], params: tuple[Any, ...]) -> None:
+        # Two images in flight in the child: it starts the next as soon as one is done.
+        sent: list[tuple[Any, _Pending]] = []
+        for rec, number in items:
+            with self._cv:
+                if self._job is not None or self._busy > 1:
+                    break  # a newer scroll position, or other requests want the CPU
+                key = (rec.blob_key, number, *params)
+                if key in self._ready:
+                    continue
+                pending = self._ready[key] = _Pending()
+                while len(self._ready) > AHEAD_KEEP:
+                    self._ready.popitem(last=False)
+            if self._submit(rec, number, params):
+                sent.append((key, pending))
+                if len(sent) >= 2:
+                    self._received(*sent.pop(0))
+                continue
+            self._render_ahead(rec, number, params, pending)
+            self._settled(key, pending)
+        for key, pending in sent:
+            self._received(key, pending)
+
+    def _settled(self, key: Any, pending: _Pending) -> None:
+        pending.done.set()
+        with self._cv:
+            if pending.data is None and self._ready.get(key) is pending:
+                del self._ready[key]
+
+    def _received(self, key: Any, pending: _Pending) -> None:
+        renderer = self._renderer
+        data = renderer.result() if renderer is not None else None
+        if data is not None and len(data) <= AHEAD_MAX_BYTES:
+            pending.data = data
+            self.ahead_renders += 1
+        self._settled(key, pending)
+
+    def close(self) -> None:
+        """Stop the render-ahead child process, if any (it also ends with this process)."""
+        renderer, self._renderer, self.ahead_process = self._renderer, None, False
+        if renderer is not None:
+            with renderer._lock:  # noqa: SLF001 - after its current image
+                renderer.close()
+
+    def _child(self) -> _Renderer | None:
+        """The child renderer, forked now if needed; only ever called by the render-ahead
+        thread (PR_SET_PDEATHSIG ties the child to the thread that forked it, and this one
+        lives as long as the process)."""
+        if not self.ahead_process:
+            return None
+        if self._renderer is None or not self._renderer.alive:
+            try:
+                local = isinstance(self.blobs, FilesystemBlobStore)
+                self._renderer = _Renderer(self.blobs.get if local else None)
+            except OSError as exc:
+                log.info("no render-ahead process (%s): rendering ahead in a thread", exc)
+                self.ahead_process = False
+                return None
+        return self._renderer
+
+    def _submit(self, rec: InstanceRecord, number: int, params: tuple[Any, ...]) -> bool:
+        """Send a single-frame instance (read whole) to the child process; False: render here."""
+        renderer = self._renderer
+        if renderer is None or not renderer.alive or number != 1 or rec.number_of_frames > 1 or not (
+            0 < rec.size < self.ranged_threshold
+        ):
+            return False
+        try:
+            source = rec.blob_key if renderer.read else self.blobs.get(rec.blob_key)
+        except PacsError:
+            return False
+        return renderer.submit(source, number, params)
+
+    def _render_ahead(self, rec: InstanceRecord, number: int, params: tuple[Any, ...],
+                      pending: _Pending) -> None:
+        window, viewport, media_type, quality = params
+        try:
+            fr = self.frame(rec, number)
+            if fr.rows * fr.columns <= AHEAD_MAX_PIXELS:
+                data = encode(fr.render(window, viewport), media_type, quality)
+                if len(data) <= AHEAD_MAX_BYTES:
+                    pending.data = data
+                    self.ahead_renders += 1
+        except (PacsError, MemoryError, OSError, ValueError) as exc:  # its request will say
+            log.debug("render ahead of %s frame %d: %s", rec.sop_instance_uid, number, exc)
+        except Exception:  # noqa: BLE001 - never kill the thread; the request reports it
+            log.exception("render ahead of %s frame %d failed", rec.sop_instance_uid, number)
+
+    def _load_series(self, where: tuple[str, str]) -> None:
+        try:
+            records = self.index.instances_of(*where)
+        except Exception as exc:  # noqa: BLE001 - only an optimisation
+            log.debug("series list for rendering ahead: %s", exc)
+            return
+        expires = time.monotonic() + RECORD_TTL
+        for rec in records:
+            self._remember(rec, expires)
+        series = _Series(expires, records, {r.sop_instance_uid: i for i, r in enumerate(records)})
+        with self._cv:
+            if len(self._series) > 1000:
+                self._series.clear()
+            self._series[where] = series

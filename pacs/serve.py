@@ -84,12 +84,10 @@ def http_worker(settings: Settings, listener: socket.socket, ready: MpEvent) -> 
     setup_logging(settings.log_level)
     import waitress
 
-    from pacs.services import build_services
-    from pacs.web import create_app
-
-    services = build_services(settings)
-    app = create_app(settings, services.index, services.blobs, dicom_port=_shared_port(settings))
-    _warm_up()
+    if _PREBUILT is not None:
+        services, app = _PREBUILT  # forked: share the supervisor's fully built app
+    else:
+        services, app = _build_http_app(settings, _shared_port(settings))
     server = waitress.create_server(
         app, sockets=[listener], threads=settings.http_threads, ident="mini-PACS",
         asyncore_use_poll=True, channel_timeout=max(60, int(settings.network_timeout)),
@@ -102,6 +100,36 @@ def http_worker(settings: Settings, listener: socket.socket, ready: MpEvent) -> 
         server.run()
     finally:
         services.close()
+
+
+#: The Flask app (and its services) built by the supervisor just before it forks the HTTP
+#: workers; ``None`` in a worker started fresh (spawned after a crash), which builds its own.
+_PREBUILT: tuple[Any, Any] | None = None
+
+
+def _build_http_app(settings: Settings, dicom_port: int) -> tuple[Any, Any]:
+    """Open the services and build the Flask app, with its lazy parts already initialised.
+
+    Built once in the supervisor before forking, every HTTP worker shares the app's pages
+    (routing tables, compiled templates, configured SQLAlchemy mappers) copy-on-write
+    instead of building ~10 MB of private copies each.
+    """
+    from pacs.services import build_services
+    from pacs.web import create_app
+
+    services = build_services(settings)
+    app = create_app(settings, services.index, services.blobs, dicom_port=dicom_port)
+    _warm_up()
+    try:
+        client = app.test_client()
+        for path in ("/login", "/favicon.ico"):  # compiles routes and templates, loads the session key;
+            # not /health: it pings the blob store, and a pooled S3 connection must not cross fork()
+            client.get(path)
+    except Exception:  # noqa: BLE001 - an optimisation only
+        log.debug("HTTP warm-up failed", exc_info=True)
+    # No pooled connection may cross fork(): each worker opens its own on first use.
+    services.index.dispose()
+    return services, app
 
 
 def _warm_up() -> None:
@@ -246,9 +274,15 @@ class Supervisor:
 
         services.close()
 
+        global _PREBUILT
+        if n_http and threading.active_count() == 1:
+            _PREBUILT = _build_http_app(
+                dataclasses.replace(s, extra={"dicom_port_bound": self.dicom_port}), self.dicom_port)
         gc.collect()
         gc.freeze()  # keep the collector from touching (and so copying) the shared objects
         use_fork = threading.active_count() == 1
+        if not use_fork:
+            _PREBUILT = None  # a spawned worker cannot inherit it
         ctx = self.fork_ctx if use_fork else self.ctx
         for i in range(n):
             self.workers.append(("dicom", self._spawn(i, ctx, "dicom")))

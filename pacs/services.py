@@ -8,6 +8,7 @@ from pacs.config import Settings
 from pacs.ingest import IngestService
 from pacs.store.blobs import BlobStore, FilesystemBlobStore
 from pacs.store.index import Index
+from pacs.store.shares import Shares
 
 
 def open_blob_store(settings: Settings) -> BlobStore:
@@ -23,6 +24,11 @@ def open_index(settings: Settings) -> Index:
     if not settings.database_url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     return Index(settings.resolved_database_url, fsync=settings.fsync)
+
+
+def open_shares(settings: Settings, index: Index) -> Shares:
+    """Shared study links, with the configured expiry limits (all state in the index database)."""
+    return Shares(index, default_days=settings.share_default_days, max_days=settings.share_max_days)
 
 
 @dataclass

@@ -5,7 +5,8 @@ What it measures (issue "display pipeline"), against ``pacs serve`` on the embed
 defaults (filesystem + SQLite, waitress workers) started here on a fresh data folder:
 
 * the generated 512x512 CT (``make_ct_series.py``, 300 slices): first render of a
-  slice (cold: index look-up + blob read + decode + window + encode) and a re-render
+  slice (cold: index look-up + blob read + decode + window + encode) in scroll order (the
+  server may have rendered it ahead) and in random order (it cannot have), and a re-render
   of an already decoded slice with a new window (warm), PNG and JPEG, median and p95;
 * the whole 300-slice series in scroll order, over 1 and over 4 keep-alive connections,
   images per second, cold (first pass) and warm (second pass, new window so no HTTP cache);
@@ -28,6 +29,7 @@ import http.client
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -140,12 +142,19 @@ def main() -> int:
             print(f"{name:38s} median {statistics.median(samples):7.2f} ms   p95 {pct(samples, .95):7.2f} ms",
                   flush=True)
 
-        n = min(args.reps, len(ct) // 2 - 1)
-        # Cold: slices never rendered in this process (two disjoint sets for the two formats).
+        n = min(args.reps, (len(ct) - 3) // 4)
+        # Cold: slices never rendered in this process (two disjoint sets for the two formats),
+        # in scroll order (as a viewer asks for them: the server renders the next ones ahead).
         lat("CT cold JPEG", [c.get(u, "image/jpeg")[0] for u in ct[1:1 + n]])
         lat("CT cold PNG", [c.get(u, "image/png")[0] for u in ct[1 + n:1 + 2 * n]])
-        # Warm: the same decoded slice, a new window every time.
+        # Cold in random order (every other slice, shuffled: never two neighbours in a row, so
+        # nothing can be rendered ahead): the whole cost of a first render.
         warm = ct[len(ct) // 2]
+        pool = [u for u in ct[2 + 2 * n::2] if u != warm]
+        random.Random(4).shuffle(pool)
+        lat("CT cold JPEG, random order", [c.get(u, "image/jpeg")[0] for u in pool[:n]])
+        lat("CT cold PNG, random order", [c.get(u, "image/png")[0] for u in pool[n:2 * n]])
+        # Warm: the same decoded slice, a new window every time.
         lat("CT new window JPEG", [c.get(f"{warm}?window={40 + i},{400 + i}", "image/jpeg")[0]
                                    for i in range(args.reps)])
         lat("CT new window PNG", [c.get(f"{warm}?window={40 + i},{400 + i}", "image/png")[0]

@@ -3,8 +3,9 @@
 
 Uploads a generated CT series to an Orthanc listening on 127.0.0.1:PORT (REST, no
 authentication), then times ``/instances/{id}/frames/0/rendered`` exactly as
-``bench_render.py`` times ours: first renders and new windows (JPEG and PNG, median and p95),
-and the whole series in order over 1 and 4 keep-alive connections. Orthanc keeps no decoded
+``bench_render.py`` times ours: first renders (in scroll order and in random order) and new
+windows (JPEG and PNG, median and p95), and the whole series in order over 1 and 4
+keep-alive connections. Orthanc keeps no decoded
 frames, so each of its requests decodes.
 
 Orthanc (``apt-get install -y orthanc``) has no bind-address option and listens on every
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import random
 import statistics
 import sys
 import threading
@@ -68,12 +70,17 @@ def main() -> int:
 
     def lat(name: str, xs: list[float]) -> None:
         p95 = sorted(xs)[int(0.95 * (len(xs) - 1))]
-        print(f"{name:30s} median {statistics.median(xs):7.2f} ms   p95 {p95:7.2f} ms", flush=True)
+        print(f"{name:36s} median {statistics.median(xs):7.2f} ms   p95 {p95:7.2f} ms", flush=True)
 
-    n = min(args.reps, len(ids) // 2 - 1)
+    n = min(args.reps, (len(ids) - 3) // 4)
     lat("CT first render JPEG", [get(conn, url(i), "image/jpeg") for i in ids[1:1 + n]])
     lat("CT first render PNG", [get(conn, url(i), "image/png") for i in ids[1 + n:1 + 2 * n]])
     mid = ids[len(ids) // 2]
+    # The same random order as bench_render.py (every other slice, shuffled).
+    pool = [i for i in ids[2 + 2 * n::2] if i != mid]
+    random.Random(4).shuffle(pool)
+    lat("CT first render JPEG, random order", [get(conn, url(i), "image/jpeg") for i in pool[:n]])
+    lat("CT first render PNG, random order", [get(conn, url(i), "image/png") for i in pool[n:2 * n]])
     for kind in ("image/jpeg", "image/png"):
         lat(f"CT new window {kind[6:].upper()}",
             [get(conn, url(mid, f"?window-center={40 + k}&window-width={400 + k}"), kind) for k in range(args.reps)])

@@ -99,3 +99,27 @@ def test_deidentified_zip_has_no_phi_and_consistent_uids(tmp_path: Path) -> None
         found = fs.find(SOPInstanceUID=deid.uid(orig.SOPInstanceUID))
         assert len(found) == 1
         assert pydicom.dcmread(found[0].path).PixelData == orig.PixelData
+
+
+def test_deidentified_patient_is_an_obvious_label_with_age_kept() -> None:
+    """PS3.15 E.1 Basic Profile with the modified-dates and patient-characteristics options."""
+    ds = pydicom.dcmread(SAMPLES / "MR" / "MR_small_implicit.dcm")
+    ds.PatientName, ds.PatientID = "Nguyễn^Văn An", "BN-12345"
+    ds.PatientBirthDate, ds.StudyDate = "19600315", "20240314"
+    if "PatientAge" in ds:
+        del ds.PatientAge
+    pixels = ds.PixelData
+    deid = Deidentifier("link-salt")
+    out = deid.dataset(ds)
+    assert str(out.PatientName).startswith("ANON^") and str(out.PatientID).startswith("ANON-")
+    assert str(out.PatientName)[5:] == str(out.PatientID)[5:]  # one label for both
+    assert out.PatientBirthDate == ""
+    assert out.PatientAge == "063Y"  # the day before the 64th birthday
+    assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100", "113107", "113108"]
+    assert out.PixelData == pixels
+    again = pydicom.dcmread(SAMPLES / "MR" / "MR_small_implicit.dcm")
+    again.PatientID = "BN-12345"
+    assert str(Deidentifier("link-salt").dataset(again).PatientID) == str(out.PatientID)  # stable in a link
+    again = pydicom.dcmread(SAMPLES / "MR" / "MR_small_implicit.dcm")
+    again.PatientID = "BN-12345"
+    assert str(Deidentifier("other-link").dataset(again).PatientID) != str(out.PatientID)

@@ -16,7 +16,10 @@ Two claims, tested separately:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +42,7 @@ from pydicom.uid import (
 
 from pacs.errors import InvalidInstance
 from pacs.frames import HEADER_READ, RANGED_THRESHOLD, FrameSource, open_ranged
-from pacs.render import GrayFrame, Instance, NotRangeable
+from pacs.render import GrayFrame, Instance, NotRangeable, Window
 from pacs.store.blobs import BlobStore, FilesystemBlobStore
 from pacs.store.index import Index, InstanceRecord
 from pacs.store.minio_blobs import MinioBlobStore
@@ -473,3 +476,281 @@ def test_ranged_reads_end_to_end_on_s3(
     ranged = FrameSource(NO_INDEX, store, 256 * MB, ranged_threshold=0).instance(rec)
     assert ranged.by_frame and store.calls["get"] == 0
     assert_same_frames(Instance.from_bytes(case.raw), ranged, case.truth)
+
+
+# --------------------------------------------------------------------------- rendering ahead
+
+
+class SeriesIndex:
+    """The two index look-ups FrameSource makes: one instance, a series in reading order."""
+
+    def __init__(self, records: list[InstanceRecord]) -> None:
+        self.records = records
+        self.series_queries = 0
+
+    def instances_of(self, study: str, series: str | None = None) -> list[InstanceRecord]:
+        self.series_queries += 1
+        return [r for r in self.records if r.study_instance_uid == study
+                and (series is None or r.series_instance_uid == series)]
+
+    def get_instance(self, sop: str) -> InstanceRecord | None:
+        return next((r for r in self.records if r.sop_instance_uid == sop), None)
+
+
+def slice_record(key: str, size: int, number: int, frames: int = 1) -> InstanceRecord:
+    return InstanceRecord(
+        sop_instance_uid=f"1.2.3.4.5.{number}", series_instance_uid="1.2.3.4",
+        study_instance_uid="1.2.3", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid=ExplicitVRLittleEndian, blob_key=key, size=size, sha256="",
+        received_at=datetime.now(UTC), rows=48, number_of_frames=frames,
+    )
+
+
+@pytest.fixture
+def series(fs_store: CountingStore) -> list[InstanceRecord]:
+    """12 distinct 48x64 CT-like slices, stored, in reading order."""
+    out = []
+    for n in range(12):
+        pixels = ((np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * (n + 3)) % 4096)
+        raw = part10(gray_image(pixels, RescaleSlope="1", RescaleIntercept="-1024",
+                                WindowCenter="40", WindowWidth="400"))
+        fs_store.put(f"s{n}", raw)
+        out.append(slice_record(f"s{n}", len(raw), n))
+    return out
+
+
+def settle(src: FrameSource, timeout: float = 20.0) -> None:
+    """Wait until the render-ahead thread has nothing left to do."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with src._cv:  # noqa: SLF001
+            if not src.working and src._job is None and not src._series_wanted:  # noqa: SLF001
+                return
+        time.sleep(0.005)
+    raise AssertionError("render-ahead thread did not settle")
+
+
+def direct(fs_store: CountingStore, rec: InstanceRecord, number: int = 1, window: Window | None = None,
+           kind: str = "image/jpeg") -> bytes:
+    return FrameSource(NO_INDEX, fs_store, 256 * MB, ahead=0).encoded(rec, number, window, None, kind, None)
+
+
+@pytest.mark.parametrize("process", [True, False], ids=["child process", "thread"])
+def test_scrolling_renders_the_next_slices_ahead(series: list[InstanceRecord], fs_store: CountingStore,
+                                                 process: bool) -> None:
+    index = SeriesIndex(series)
+    src = FrameSource(cast(Index, index), fs_store, 256 * MB, ahead_process=process)
+    src.encoded(series[0], 1, None, None, "image/jpeg", None)  # asks for the series list
+    settle(src)
+    assert index.series_queries == 1 and src.ahead_renders == 0
+    for rec in series[1:4]:  # two steps of one slice: the third request starts the worker
+        src.encoded(rec, 1, None, None, "image/jpeg", None)
+    settle(src)
+    assert src.ahead_renders == 8 and src.ahead_hits == 0
+    # Every later slice comes from the ahead renders and is byte for byte the direct render.
+    for rec in series[4:]:
+        assert src.encoded(rec, 1, None, None, "image/jpeg", None) == direct(fs_store, rec)
+        settle(src)
+    assert src.ahead_hits == 8 and src.ahead_renders == 8
+    # The series list also answered the record look-ups: no per-instance query.
+    assert src.record("1.2.3", "1.2.3.4", series[5].sop_instance_uid) == series[5]
+
+
+def test_scrolling_back_renders_ahead_backwards(series: list[InstanceRecord], fs_store: CountingStore) -> None:
+    src = FrameSource(cast(Index, SeriesIndex(series)), fs_store, 256 * MB)
+    src.encoded(series[11], 1, None, None, "image/png", None)
+    settle(src)
+    for rec in (series[10], series[9], series[8]):
+        src.encoded(rec, 1, None, None, "image/png", None)
+    settle(src)
+    assert src.ahead_renders == 8  # slices 7..0
+    assert src.encoded(series[7], 1, None, None, "image/png", None) == direct(fs_store, series[7], kind="image/png")
+    assert src.ahead_hits == 1
+
+
+@pytest.mark.parametrize("order", [[0, 4, 8, 1, 5, 9], [0, 1, 4, 5, 8, 9], [0, 2, 4, 6], [0, 1, 0, 1]])
+def test_no_rendering_ahead_without_a_scroll(order: list[int], series: list[InstanceRecord],
+                                             fs_store: CountingStore) -> None:
+    """Interleaved requests (several connections sharing a series) or jumps start nothing."""
+    src = FrameSource(cast(Index, SeriesIndex(series)), fs_store, 256 * MB)
+    src.encoded(series[11], 1, None, None, "image/jpeg", None)
+    settle(src)
+    for n in order:
+        src.encoded(series[n], 1, None, None, "image/jpeg", None)
+        settle(src)
+    assert src.ahead_renders == 0
+
+
+def test_rendering_ahead_needs_the_same_parameters(series: list[InstanceRecord], fs_store: CountingStore) -> None:
+    src = FrameSource(cast(Index, SeriesIndex(series)), fs_store, 256 * MB)
+    src.encoded(series[0], 1, None, None, "image/jpeg", None)
+    settle(src)
+    for n, window in ((1, Window(40, 400)), (2, Window(41, 400)), (3, Window(42, 400))):
+        src.encoded(series[n], 1, window, None, "image/jpeg", None)
+    settle(src)
+    assert src.ahead_renders == 0
+    # The same window for three slices in a row (3, 4, 5): the next ones get that window.
+    for n in (4, 5):
+        src.encoded(series[n], 1, Window(42, 400), None, "image/jpeg", None)
+    settle(src)
+    assert src.ahead_renders == 6  # slices 6..11
+    assert src.encoded(series[6], 1, Window(42, 400), None, "image/jpeg", None) == \
+        direct(fs_store, series[6], window=Window(42, 400))
+    assert src.ahead_hits == 1
+    assert src.encoded(series[7], 1, None, None, "image/jpeg", None) == direct(fs_store, series[7])
+    assert src.ahead_hits == 1  # rendered with another window: not this request's image
+
+
+def test_rendering_ahead_waits_while_other_requests_run(series: list[InstanceRecord],
+                                                         fs_store: CountingStore) -> None:
+    src = FrameSource(cast(Index, SeriesIndex(series)), fs_store, 256 * MB)
+    src.encoded(series[0], 1, None, None, "image/jpeg", None)
+    settle(src)
+    src._busy = 2  # noqa: SLF001 - two other requests in progress in this process
+    for rec in series[1:4]:
+        src.encoded(rec, 1, None, None, "image/jpeg", None)
+    settle(src)
+    assert src.ahead_renders == 0
+
+
+def test_no_rendering_ahead_without_a_cache(series: list[InstanceRecord], fs_store: CountingStore) -> None:
+    src = FrameSource(cast(Index, SeriesIndex(series)), fs_store, 0)
+    for rec in series[:5]:
+        assert src.encoded(rec, 1, None, None, "image/jpeg", None) == direct(fs_store, rec)
+    assert src.ahead == 0 and src.ahead_renders == 0 and src.cache.bytes == 0
+
+
+def test_a_replaced_instance_is_never_served_from_an_old_render(series: list[InstanceRecord],
+                                                                fs_store: CountingStore) -> None:
+    src = FrameSource(cast(Index, SeriesIndex(series)), fs_store, 256 * MB)
+    for rec in series[:4]:
+        src.encoded(rec, 1, None, None, "image/jpeg", None)
+        settle(src)
+    assert src.ahead_renders == 8
+    # Slice 4 replaced (the "overwrite" duplicate policy): a new blob, other pixels.
+    raw = part10(gray_image(np.full((48, 64), 1000, np.uint16), WindowCenter="40", WindowWidth="400"))
+    fs_store.put("s4-new", raw)
+    replaced = dataclasses.replace(series[4], blob_key="s4-new", size=len(raw))
+    assert src.encoded(replaced, 1, None, None, "image/jpeg", None) == direct(fs_store, replaced)
+    assert direct(fs_store, replaced) != direct(fs_store, series[4])
+    assert src.ahead_hits == 0
+
+
+def test_a_cine_renders_the_next_frames_ahead(cine: Generated, fs_store: CountingStore) -> None:
+    rec = stored(fs_store, "cine", cine.raw)
+    rec = dataclasses.replace(rec, number_of_frames=CINE_FRAMES)
+    src = FrameSource(NO_INDEX, fs_store, 64 * MB)
+    for number in (1, 2, 3):
+        src.encoded(rec, number, None, None, "image/jpeg", None)
+    settle(src)
+    assert src.ahead_renders == 8
+    reference = FrameSource(NO_INDEX, fs_store, 64 * MB, ahead=0)
+    for number in (4, 5):
+        assert src.encoded(rec, number, None, None, "image/jpeg", None) == \
+            reference.encoded(rec, number, None, None, "image/jpeg", None)
+    assert src.ahead_hits == 2
+
+
+def test_a_single_frame_is_cached_once(series: list[InstanceRecord], fs_store: CountingStore) -> None:
+    """A native slice's decoded frame is a view of its stored bytes; the instance is not
+    cached beside it (the same bytes would count twice)."""
+    src = FrameSource(NO_INDEX, fs_store, 256 * MB)
+    fr = src.frame(series[0], 1)
+    assert src.cache.bytes == fr.nbytes() and len(src.cache) == 1
+    assert series[0].size <= fr.nbytes() < series[0].size + 64 * 1024
+
+
+def test_the_child_renderer_reads_a_filesystem_store_itself(series: list[InstanceRecord],
+                                                           fs_store: CountingStore) -> None:
+    plain = fs_store.inner
+    src = FrameSource(cast(Index, SeriesIndex(series)), plain, 256 * MB)
+    for rec in series[:4]:
+        src.encoded(rec, 1, None, None, "image/jpeg", None)
+        settle(src)
+    assert src._renderer is not None and src._renderer.read is not None  # noqa: SLF001
+    fs_store.reset()
+    for rec in series[4:]:
+        assert src.encoded(rec, 1, None, None, "image/jpeg", None) == direct(fs_store, rec)
+    assert src.ahead_hits == 8
+    src.close()
+
+
+def test_the_child_renderer_keeps_no_inherited_descriptor() -> None:
+    """A client connection inherited by the child would stay open after the server closes it."""
+    import os
+    import socket
+
+    from pacs.frames import _Renderer
+
+    ours, clients = socket.socketpair()
+    renderer = _Renderer()
+    try:
+        ours.close()  # the server closes the connection: the client must see it closed
+        clients.settimeout(10)
+        assert clients.recv(1) == b""
+        assert renderer.submit(part10(gray_image(np.zeros((4, 4), np.uint16))), 1,
+                               (None, None, "image/png", None))
+        assert renderer.result() is not None
+    finally:
+        clients.close()
+        with renderer._lock:  # noqa: SLF001
+            renderer.close()
+    assert not os.path.exists(f"/proc/{renderer.pid}") or _gone(renderer.pid)
+
+
+def _gone(pid: int) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_dead_child_renderer_is_replaced(series: list[InstanceRecord], fs_store: CountingStore) -> None:
+    import os
+    import signal
+
+    src = FrameSource(cast(Index, SeriesIndex(series)), fs_store, 256 * MB)
+    for rec in series[:4]:
+        src.encoded(rec, 1, None, None, "image/jpeg", None)
+        settle(src)
+    assert src.ahead_renders == 8
+    first = src._renderer  # noqa: SLF001
+    assert first is not None
+    os.kill(first.pid, signal.SIGKILL)
+    assert _gone(first.pid)
+    # Requests still answer (rendering themselves), and a later scroll gets a new child.
+    src.ahead_renders = 0
+    for rec in series[11:6:-1]:
+        assert src.encoded(rec, 1, None, None, "image/jpeg", None) == direct(fs_store, rec)
+        settle(src)
+    assert src._renderer is not first and src.ahead_renders > 0  # noqa: SLF001
+    src.close()
+
+
+def test_a_stuck_render_ahead_child_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that never answers (here: its blob read hangs) must not hold the render-ahead
+    thread, and the requests waiting on it, for ever: it is killed after RESULT_TIMEOUT."""
+    import pacs.frames as frames_mod
+
+    monkeypatch.setattr(frames_mod, "RESULT_TIMEOUT", 0.5)
+    renderer = frames_mod._Renderer(lambda key: time.sleep(120))  # noqa: SLF001
+    assert renderer.submit("some/blob", 1, (None, None, "image/jpeg", None))
+    t0 = time.monotonic()
+    assert renderer.result() is None
+    assert time.monotonic() - t0 < 60  # not the child's 120 s
+    assert not renderer.alive and not renderer.submit("some/blob", 1, (None, None, "image/jpeg", None))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # reaped by close(): gone from the process table
+        try:
+            os.kill(renderer.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the stuck child is still running")

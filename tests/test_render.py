@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import pixel_array
 
@@ -701,3 +701,233 @@ def test_encode_rejects(media_type: str, quality: int | None) -> None:
     image = Image.new("L", (4, 4))
     with pytest.raises(BadRenderRequest):
         encode(image, media_type, quality)
+
+
+# --------------------------------------------------------------------------- native fast path
+
+
+def full_path(raw: bytes) -> Instance:
+    """The reference: pydicom reads the header and pydicom's decoder decodes the pixels."""
+    inst = Instance.from_bytes_full(raw)
+    inst._native_dtype = None  # noqa: SLF001 - no frombuffer view: pydicom's decoder
+    return inst
+
+
+def assert_same_rendering(raw: bytes, *, fast: bool, frames: int = 3) -> None:
+    """``Instance.from_bytes`` gives exactly what the full pydicom path gives: header values,
+    every pixel of every render, modality values."""
+    mine, ref = Instance.from_bytes(raw), full_path(raw)
+    assert isinstance(mine._ds, dict) is fast  # noqa: SLF001 - which path was taken
+    for attr in ("rows", "columns", "number_of_frames", "photometric", "bits_stored", "high_bit",
+                 "signed", "pixel_offset", "transfer_syntax"):
+        assert getattr(mine, attr) == getattr(ref, attr), attr
+    assert mine.windows() == ref.windows()
+    assert mine.spacing() == ref.spacing()
+    assert mine.native_frame_length() == ref.native_frame_length()
+    if fast:
+        for key, value in ref._opts.items():  # noqa: SLF001 - the options pydicom would decode with
+            assert mine._opts[key] == value, key  # noqa: SLF001
+    numbers = sorted({1, (ref.number_of_frames + 1) // 2, ref.number_of_frames})[:frames]
+    for number in numbers:
+        a, b = mine.frame(number), ref.frame(number)
+        assert type(a) is type(b) and a.default_window == b.default_window
+        windows = [None, Window(40, 400), Window(1000, 3000, "SIGMOID"), Window(-5, 1, "LINEAR"),
+                   Window(100, 50, "LINEAR_EXACT")]
+        for window in windows:
+            assert np.array_equal(np.asarray(a.render(window)), np.asarray(b.render(window))), window
+        assert np.array_equal(np.asarray(a.render(None, Viewport(64, 64))),
+                              np.asarray(b.render(None, Viewport(64, 64))))
+        for x, y in ((0, 0), (b.columns - 1, b.rows - 1), (b.columns // 2, b.rows // 3)):
+            assert a.modality_value(x, y) == b.modality_value(x, y)
+
+
+NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+@pytest.mark.parametrize("path", SAMPLE_FILES, ids=rel)
+def test_fast_path_matches_pydicom_on_the_samples(path: Path) -> None:
+    ds = header(path)
+    gray = str(ds.get("PhotometricInterpretation", "")).strip() in MONO
+    simple = gray and ds.file_meta.TransferSyntaxUID in NATIVE_LE and int(ds.BitsAllocated) in (8, 16, 32) \
+        and not any(k in ds for k in ("ModalityLUTSequence", "VOILUTSequence",
+                                       "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"))
+    raw = path.read_bytes()
+    try:
+        full_path(raw)
+    except PacsError:
+        with pytest.raises(PacsError):
+            Instance.from_bytes(raw).frame(1)
+        return
+    # Every simple native greyscale sample takes the fast path; the rest are pydicom's.
+    assert_same_rendering(raw, fast=simple)
+
+
+def ct(**attributes: object) -> Dataset:
+    """A 12-bit CT-like image: air, tissue, bone; HU = stored - 1024."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 4096, size=(40, 56), dtype=np.uint16)
+    pixels[:5] = 0
+    values: dict[str, object] = {"RescaleSlope": "1", "RescaleIntercept": "-1024", "WindowCenter": "40",
+                                 "WindowWidth": "400", "PixelSpacing": [0.7, 0.7]}
+    return gray_image(pixels, **{**values, **attributes})
+
+
+def implicit(ds: Dataset) -> Dataset:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+    return ds
+
+
+def with_sequences(ds: Dataset, undefined: bool) -> Dataset:
+    """Sequences before the Pixel Data (nested, empty, defined or undefined lengths)."""
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator = "123", "99X"
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = "1.2.3", "1.2.3.4"
+    item.PurposeOfReferenceCodeSequence = sequence(inner)
+    ds.ReferencedImageSequence = sequence(item, Dataset())
+    ds.ProcedureCodeSequence = sequence()
+    ds.add_new(0x00091010, "SQ", sequence(Dataset()))  # private
+    ds.add_new(0x00091001, "LO", "private creator-less value")
+    if undefined:
+        for keyword in ("ReferencedImageSequence", "ProcedureCodeSequence"):
+            ds[keyword].is_undefined_length = True
+        for it in ds.ReferencedImageSequence:
+            it.is_undefined_length_sequence_item = True
+    return ds
+
+
+def signed(values: np.ndarray, bits: int = 16, **attributes: object) -> Dataset:
+    return gray_image(values.astype(np.int16), bits_stored=bits, **attributes)
+
+
+GENERATED = {
+    "ct": lambda: ct(),
+    "ct implicit VR": lambda: implicit(ct()),
+    "sequences": lambda: with_sequences(ct(), undefined=False),
+    "sequences, undefined lengths": lambda: with_sequences(ct(), undefined=True),
+    "sequences, implicit VR": lambda: implicit(with_sequences(ct(), undefined=True)),
+    "signed with negatives": lambda: signed(np.arange(-1500, 1860).reshape(40, 84),
+                                            RescaleIntercept="0", RescaleSlope="1"),
+    "signed, all negative": lambda: signed(np.arange(-3360, 0).reshape(40, 84)),
+    "signed, all positive": lambda: signed(np.arange(700, 4060).reshape(40, 84)),
+    "signed 12-bit pattern": lambda: signed(
+        (np.arange(-2048, 2048, dtype=np.int16).view(np.uint16) & 0x0FFF).view(np.int16).reshape(64, 64), 12),
+    "garbage above high bit": lambda: gray_image(
+        np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) | 0xF000),
+    "high bit 15, bits stored 12": lambda: gray_image(
+        (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) << 4) | 7, HighBit=15),
+    "unsigned, minimum above 0": lambda: gray_image(np.arange(300, 300 + 64 * 64, dtype=np.uint16).reshape(64, 64)),
+    "8-bit": lambda: gray_image((np.arange(4096) % 256).astype(np.uint8).reshape(64, 64), bits_stored=8),
+    "8-bit signed": lambda: gray_image((np.arange(4096) % 256 - 128).astype(np.int8).reshape(64, 64),
+                                       bits_stored=8),
+    "16-bit full range": lambda: gray_image(np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64),
+                                            bits_stored=16),
+    "32-bit wide range": lambda: gray_image((np.arange(64 * 64, dtype=np.uint32) * 997).reshape(64, 64),
+                                            bits_stored=32, RescaleSlope="0.001", RescaleIntercept="0"),
+    "monochrome1": lambda: ct(PhotometricInterpretation="MONOCHROME1"),
+    "inverse shape": lambda: ct(PresentationLUTShape="INVERSE"),
+    "identity shape": lambda: ct(PresentationLUTShape="IDENTITY "),
+    "several windows, sigmoid": lambda: ct(WindowCenter=["300", "40"], WindowWidth=["1500", "400"],
+                                           VOILUTFunction="SIGMOID"),
+    "unknown function": lambda: ct(VOILUTFunction="CURVED"),
+    "no window": lambda: gray_image(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)),
+    "zero slope": lambda: ct(RescaleSlope="0"),
+    "fractional rescale": lambda: ct(RescaleSlope="0.684", RescaleIntercept="-3.5e2"),
+    "imager pixel spacing": lambda: ct(ImagerPixelSpacing=[0.15, 0.2]),
+    "multi-frame": lambda: gray_frames_ds(),
+}
+#: Generated files the fast path leaves to pydicom, and why.
+GENERATED_FULL = {
+    "modality LUT": lambda: ct(ModalityLUTSequence=sequence(lut_item(0, list(range(0, 8192, 2)), 16))),
+    "VOI LUT": lambda: gray_image(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64),
+                                  VOILUTSequence=sequence(lut_item(0, list(range(4096)), 12))),
+    "window not a plain number": lambda: ct(WindowCenter="4_0"),
+    "two-valued function": lambda: ct(VOILUTFunction=["LINEAR", "SIGMOID"]),
+    "bits stored above bits allocated": lambda: ct(BitsStored=17),
+    "explicit big endian": lambda: big_endian(ct()),
+}
+
+
+def gray_frames_ds() -> Dataset:
+    frames = np.stack([np.arange(40 * 56, dtype=np.uint16).reshape(40, 56) * (k + 1) % 4096 for k in range(5)])
+    ds = gray_image(frames.reshape(-1, 56), RescaleSlope="1", RescaleIntercept="-1024")
+    ds.Rows, ds.NumberOfFrames = 40, "5"
+    return ds
+
+
+def big_endian(ds: Dataset) -> Dataset:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.2"
+    ds.PixelData = np.frombuffer(ds.PixelData, "<u2").astype(">u2").tobytes()
+    return ds
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_fast_path_matches_pydicom_on_generated_images(name: str) -> None:
+    assert_same_rendering(part10(GENERATED[name]()), fast=True)
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED_FULL))
+def test_fast_path_leaves_the_unusual_to_pydicom(name: str) -> None:
+    raw = part10(GENERATED_FULL[name]())
+    try:
+        full_path(raw).frame(1)
+    except PacsError as exc:  # the same refusal either way
+        with pytest.raises(type(exc)):
+            Instance.from_bytes(raw).frame(1)
+        assert not isinstance(Instance.from_bytes_full(raw)._ds, dict)  # noqa: SLF001
+        return
+    assert_same_rendering(raw, fast=False)
+
+
+def test_fast_path_on_the_generated_ct(ct_slice: Path) -> None:
+    raw = ct_slice.read_bytes()
+    assert_same_rendering(raw, fast=True)
+    fr = Instance.from_bytes(raw).frame(1)
+    assert fr.nbytes() >= len(raw)  # a view of the stored bytes keeps all of them
+
+
+def test_fast_path_refuses_short_or_broken_files() -> None:
+    raw = part10(ct())
+    at = Instance.from_bytes(raw).pixel_offset
+    # Pixel Data cut short: pydicom decides (and refuses), as before.
+    short = raw[:at + 100]
+    assert Instance.from_bytes_full(short) is not None
+    with pytest.raises(NotRenderable):
+        full_path(short).frame(1)
+    with pytest.raises(NotRenderable):
+        Instance.from_bytes(short).frame(1)
+    # No DICM prefix, or a cut header: not the fast path's business.
+    for broken in (raw[128:], raw[:200], raw[:at - 30]):
+        with pytest.raises(PacsError):
+            Instance.from_bytes(broken).frame(1)
+
+
+def test_multiframe_native_frames_do_not_hold_the_whole_file() -> None:
+    inst = Instance.from_bytes(part10(gray_frames_ds()))
+    fr = inst.frame(3)
+    assert fr.nbytes() < 40 * 56 * 2 * 2 + 128 * 1024 + 2048  # its own copy, not the 5 frames
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i1", "<u2", "<i2"])
+def test_gray_frame_tables_by_bit_pattern_match_offsets(dtype: str) -> None:
+    """A frame indexing its table by bit pattern (8/16-bit) renders as one holding offsets
+    from its minimum (the layout for wider or masked values)."""
+    from pacs.render import GrayFrame, _Rescale
+
+    info = np.iinfo(np.dtype(dtype))
+    rng = np.random.default_rng(5)
+    for lo, hi in ((info.min, info.max), (info.min, -1), (max(info.min, 3), min(info.max, 200)), (0, 0)):
+        if hi < lo:
+            continue
+        values = rng.integers(lo, hi + 1, size=(16, 24)).astype(dtype)
+        wide = values.astype(np.int64)
+        mod = _Rescale(1.5, -7)
+        a = GrayFrame(values, mod, None, None, False)
+        b = GrayFrame(wide, mod, None, None, False)
+        for window in (None, Window(0, 100), Window(float(lo), 3.0, "LINEAR_EXACT")):
+            assert np.array_equal(np.asarray(a.render(window)), np.asarray(b.render(window)))
+        assert np.array_equal(a.stored_values(), wide)
+        assert a.minmax_window() == b.minmax_window()
+        assert a.modality_value(5, 7) == b.modality_value(5, 7)

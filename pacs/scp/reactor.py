@@ -14,7 +14,9 @@ whose ``sleep`` waits on the event the thread is really waiting for:
   accepted, and in associations we requested (C-MOVE sub-associations) once their
   socket is connected;
 - the association reactor of an association we accepted waits on its DIMSE message
-  queue, up to ``IDLE_WAIT``.
+  queue, up to ``IDLE_WAIT``; the DUL also wakes it when it hands the association an
+  A-RELEASE or A-ABORT (which arrive on another queue), so a release is answered at once
+  rather than at the next timer tick (PS3.8 7.2: the SCU waits for our A-RELEASE-RP).
 
 Everything else pynetdicom does with ``time`` is passed through unchanged, and any
 sleep it cannot map to an event falls back to the real one. A requestor's DUL polls as
@@ -29,6 +31,7 @@ and pynetdicom's own ``send_*`` calls pause it by waiting for that 1 ms turn. Ti
 from __future__ import annotations
 
 import os
+import queue
 import select
 import socket
 import threading
@@ -134,6 +137,34 @@ class _AssociationClock:
                 q.not_empty.wait(IDLE_WAIT)
 
 
+class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """The DUL's ``to_user_queue``: a put also wakes the association's reactor.
+
+    The reactor sleeps on its DIMSE message queue (:class:`_AssociationClock`); release and
+    abort primitives arrive here instead, and would otherwise wait out ``IDLE_WAIT``.
+    """
+
+    def __init__(self, dul: DULServiceProvider) -> None:
+        super().__init__()
+        self._dul = weakref.ref(dul)  # no cycle: the DUL owns this queue
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        dul = self._dul()
+        msg_queue = getattr(getattr(getattr(dul, "assoc", None), "dimse", None), "msg_queue", None)
+        if msg_queue is not None:  # after our own lock is released: no lock-order question
+            with msg_queue.not_empty:
+                msg_queue.not_empty.notify_all()
+
+
+def _dul_init(self: DULServiceProvider, assoc: Any) -> None:
+    _ORIGINAL_DUL_INIT(self, assoc)
+    self.to_user_queue = _WakingQueue(self)
+
+
+_ORIGINAL_DUL_INIT = DULServiceProvider.__init__
+
+
 def _send_pdu_and_wake(self: DULServiceProvider, primitive: Any) -> None:
     _ORIGINAL_SEND_PDU(self, primitive)
     if not _event_driven(self):
@@ -155,4 +186,5 @@ def install() -> None:
     _dul.time = _DulClock()  # type: ignore[assignment]
     _association.time = _AssociationClock()  # type: ignore[assignment]
     DULServiceProvider.send_pdu = _send_pdu_and_wake  # type: ignore[method-assign]
+    DULServiceProvider.__init__ = _dul_init  # type: ignore[method-assign]
     _installed = True

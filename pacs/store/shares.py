@@ -28,6 +28,7 @@ from pacs.store.models import ShareLink, ShareNote, Study
 
 TOKEN_BYTES = 24  # 192 bits (the issue asks for at least 128)
 PIN_MAX_FAILURES = 5
+PIN_DIGITS = (4, 8)
 PIN_LOCKOUT = timedelta(minutes=15)
 _hasher = PasswordHasher()
 
@@ -129,8 +130,8 @@ class Shares:
         days = self.default_days if days is None else days
         if not 0 < days <= self.max_days:
             raise ShareError(f"expiry must be more than 0 and at most {self.max_days:g} days")
-        if pin and (not pin.isdigit() or not 4 <= len(pin) <= 12):
-            raise ShareError("a PIN is 4 to 12 digits")
+        if pin and (not (pin.isascii() and pin.isdigit()) or not PIN_DIGITS[0] <= len(pin) <= PIN_DIGITS[1]):
+            raise ShareError(f"a PIN is {PIN_DIGITS[0]} to {PIN_DIGITS[1]} digits")
         now = self.clock()
         with self.index.write_session() as s:
             study = s.execute(select(Study.id).where(Study.study_instance_uid == study_uid)).first()

@@ -9,16 +9,18 @@ for high-entropy secrets and fast enough to check on every request.
 
 from __future__ import annotations
 
+import builtins  # Users.list shadows list in the class body
 import functools
 import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pacs.errors import PacsError
@@ -258,15 +260,39 @@ class Users:
 
     def audit(self, action: str, *, username: str = "", study: str = "", address: str = "",
               user_agent: str = "", detail: str = "") -> None:
-        """Append one audit event (never patient names: UIDs, users, addresses only)."""
+        """Append one audit event (never patient names: UIDs, users, addresses only).
+
+        User names are kept lower case, as accounts are: a failed sign-in typed ``Binh``
+        then shows under ``binh`` when the log is filtered by user.
+        """
         with self.index.write_session() as s:
-            s.add(AuditEvent(at=_now(), username=username[:64], action=action[:32],
+            s.add(AuditEvent(at=_now(), username=username.strip().lower()[:64], action=action[:32],
                              study_instance_uid=study[:64], address=address[:64],
                              user_agent=user_agent[:255], detail=detail[:255]))
 
-    def audit_events(self, limit: int = 100) -> list[AuditEvent]:
+    @staticmethod
+    def _audit_filter(query: Select[Any], username: str, action: str, study: str) -> Select[Any]:
+        if username:  # stored lower case (see audit()), so the username index serves this
+            query = query.where(AuditEvent.username == username.strip().lower())
+        if action:
+            query = query.where(AuditEvent.action == action.strip())
+        if study:
+            query = query.where(AuditEvent.study_instance_uid == study.strip())
+        return query
+
+    def audit_events(self, limit: int = 100, *, offset: int = 0, username: str = "",
+                     action: str = "", study: str = "") -> builtins.list[AuditEvent]:
+        """Audit events newest first, optionally only one user's, action's or study's."""
+        query = self._audit_filter(select(AuditEvent), username, action, study)
+        query = query.order_by(AuditEvent.id.desc()).offset(max(0, offset)).limit(max(0, limit))
         with self.index.session() as s:
-            return list(s.execute(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)).scalars())
+            return list(s.execute(query).scalars())
+
+    def audit_count(self, *, username: str = "", action: str = "", study: str = "") -> int:
+        """How many events :meth:`audit_events` would page through with these filters."""
+        query = self._audit_filter(select(func.count()).select_from(AuditEvent), username, action, study)
+        with self.index.session() as s:
+            return int(s.scalar(query) or 0)
 
 
 @functools.lru_cache(maxsize=1)

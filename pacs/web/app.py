@@ -17,6 +17,8 @@ from pacs.store.blobs import BlobStore
 from pacs.store.index import Index
 from pacs.store.users import Users
 from pacs.web import dicomweb, rendered, ui
+from pacs.web import admin
+from pacs.web import share
 from pacs.web.auth import current_user, install as install_auth
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ def create_app(
     app.register_blueprint(rendered.bp)
     dicomweb.install(app)  # QIDO-RS, WADO-RS, STOW-RS, WADO-URI (after rendered: no route overlaps)
     app.register_blueprint(ui.bp)
+    admin.install(app)  # /admin pages; can_share / can_admin for every template
+    share.install(app)  # /s/<token> links (prefix middleware + guard hook), /api/…/shares
 
     def health() -> dict[str, Any]:
         out: dict[str, Any] = {"ok": True, "version": __version__}

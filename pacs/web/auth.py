@@ -17,7 +17,9 @@ import hmac
 import secrets
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import (
@@ -39,6 +41,38 @@ API_PREFIXES = ("/dicomweb", "/api/", "/wado")
 UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
 #: ``X-Requested-With`` value of the viewer's own requests (viewer/js/api.js).
 VIEWER_SCRIPT = "pacs-viewer"
+
+#: What each role may do beyond reading images (which every signed-in user may).
+#: ``referrer`` is a referring doctor: reads studies and prints film sheets, changes nothing.
+CAPABILITIES: dict[str, frozenset[str]] = {
+    "upload": frozenset({"admin", "radiologist"}),     # STOW-RS and other writes to the archive
+    "share": frozenset({"admin", "radiologist"}),      # create / revoke shared study links
+    "admin": frozenset({"admin"}),                     # users, audit log, all share links
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def can(capability: str, user: UserInfo | None = None) -> bool:
+    """Whether ``user`` (default: the signed-in user of this request) has ``capability``."""
+    user = user if user is not None else getattr(g, "user", None)
+    return user is not None and user.role in CAPABILITIES[capability]
+
+
+def require(capability: str) -> Callable[[F], F]:
+    """View decorator: 403 with a message unless the signed-in user has ``capability``."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}")
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not can(capability):
+                abort(403, description=f"your role may not do this ({capability})")
+            return view(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+    return decorate
+
 
 LOGIN_PAGE = """<!doctype html>
 <html lang="{{ lang }}"><head><meta charset="utf-8">
@@ -266,6 +300,12 @@ def install(app: Flask, users_: Users, *, secure_cookies: bool, session_hours: f
     @app.before_request
     def guard() -> Any:
         path = request.path
+        if "pacs.share.token" in request.environ:
+            # /s/<token>/...: a shared study link stands in for a user; pacs.web.share checks
+            # the link, its PIN and its scope (set by its LinkPaths middleware, TOKEN_KEY).
+            load_secret()
+            g.user = None
+            return app.extensions["pacs"]["share_guard"]()
         if _is_public(path):
             g.user = None
             if path.startswith("/login"):

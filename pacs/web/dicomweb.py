@@ -50,6 +50,7 @@ from pacs.wado import (
     STUDY_MISMATCH, FrameChoice, StowOutcome, accepts_json, choose_bulk, choose_frames,
     choose_instance, frame_media_types, offers, stow_response,
 )
+from pacs.web.auth import require
 
 log = logging.getLogger(__name__)
 
@@ -542,6 +543,7 @@ def _uids_of(raw: bytes) -> tuple[str, str]:
 
 @bp.post(f"{ROOT}/studies")
 @bp.post(f"{ROOT}/studies/<study>")
+@require("upload")  # referrers read only; checked before the body is read
 def store_instances(study: str | None = None) -> Any:
     if study is not None:
         _check_uid(study)

@@ -24,7 +24,7 @@ from werkzeug.http import parse_accept_header
 
 from pacs.errors import NotFound
 from pacs.frames import FrameSource
-from pacs.render import BadRenderRequest, Viewport, Window, encode, thumbnail
+from pacs.render import BadRenderRequest, Viewport, Window
 from pacs.store.index import InstanceRecord
 
 bp = Blueprint("rendered", __name__)
@@ -43,15 +43,24 @@ def source() -> FrameSource:
     return current_app.extensions["pacs"]["frames"]  # type: ignore[no-any-return]
 
 
+#: Accept values already negotiated (a viewer sends the same one or two all the time).
+_NEGOTIATED: dict[str, str | None] = {}
+
+
 def media_type() -> str:
     """Negotiate the output type: ``accept=`` query parameter first, then the Accept header."""
-    if "accept" in request.args:
-        accepted = parse_accept_header(request.args["accept"], MIMEAccept)
-    elif request.headers.get("Accept"):
-        accepted = request.accept_mimetypes
-    else:
-        return MEDIA_TYPES[0]
-    best = accepted.best_match(MEDIA_TYPES)
+    text = request.args.get("accept")
+    if text is None:
+        text = request.headers.get("Accept")
+        if not text:
+            return MEDIA_TYPES[0]
+    try:
+        best = _NEGOTIATED[text]
+    except KeyError:
+        best = parse_accept_header(text, MIMEAccept).best_match(MEDIA_TYPES)
+        if len(_NEGOTIATED) > 256:
+            _NEGOTIATED.clear()
+        _NEGOTIATED[text] = best
     if best is None:
         abort(406, description=f"rendered images are available as {', '.join(MEDIA_TYPES)}")
     return best
@@ -96,10 +105,10 @@ def _respond(rec: InstanceRecord, frame: int, *, thumb: bool) -> Any:
     etag = hashlib.sha256(spec.encode()).hexdigest()[:32]
     if request.if_none_match.contains(etag):
         resp = Response(status=304)
+    elif thumb:
+        resp = Response(source().thumbnail(rec, frame, THUMBNAIL_SIZE, kind, quality), mimetype=kind)
     else:
-        fr = source().frame(rec, frame)
-        image = thumbnail(fr, THUMBNAIL_SIZE) if thumb else fr.render(window, viewport)
-        resp = Response(encode(image, kind, quality), mimetype=kind)
+        resp = Response(source().encoded(rec, frame, window, viewport, kind, quality), mimetype=kind)
     resp.set_etag(etag)
     resp.headers["Cache-Control"] = CACHE_CONTROL
     resp.headers["Vary"] = "Accept"

@@ -346,9 +346,7 @@ def modality_values(frame: Frame, r0: int, r1: int, c0: int, c1: int) -> tuple[N
     (see :mod:`pacs.render`); colour frames give their luminance (ITU-R BT.601 weights).
     """
     if isinstance(frame, GrayFrame):
-        # Private attributes of GrayFrame: pacs.render has no public bulk accessor yet.
-        offsets = frame._offsets[r0:r1, c0:c1].astype(np.int64) + frame.stored_min
-        return frame._modality(offsets), "modality"
+        return frame.modality_values(slice(r0, r1), slice(c0, c1)), "modality"
     if isinstance(frame, ColorFrame):
         rgb = frame._rgb[r0:r1, c0:c1].astype(np.float64)
         return rgb @ np.array([0.299, 0.587, 0.114]), "luminance"

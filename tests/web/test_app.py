@@ -138,3 +138,33 @@ def test_real_server_health(pacs_server: PacsServer) -> None:
         body = json.load(res)
     assert body["ok"] is True
     assert body["counts"]["instances"] == 0
+
+
+def test_supervisor_builds_the_http_app_without_threads_or_open_connections(tmp_path: Path) -> None:
+    """The supervisor builds the Flask app once and forks the HTTP workers from it (shared pages).
+
+    That is only safe, and only happens, when building it starts no thread and leaves no pooled
+    database connection behind: a thread would make the supervisor fall back to spawning fresh
+    workers (each then ~10 MB bigger), a pooled connection would be shared by every worker.
+    Run in a child interpreter so this test process's own threads do not count.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import threading, sys\n"
+        "from pacs.config import load_settings\n"
+        "from pacs.serve import _build_http_app\n"
+        f"s = load_settings(env={{}}, data_dir={str(tmp_path)!r})\n"
+        "from pacs.services import build_services\n"
+        "build_services(s, migrate=True).close()\n"
+        "services, app = _build_http_app(s, 11112)\n"
+        "pool = services.index.engine.pool\n"
+        "print(threading.active_count(), pool.checkedin() + pool.checkedout(), app.secret_key is not None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    threads, pooled, has_key = out.stdout.split()[-3:]
+    assert threads == "1"
+    assert pooled == "0"  # not even an idle connection in the pool
+    assert has_key == "True"  # read from the index before the fork, so workers need not

@@ -168,3 +168,35 @@ def test_sign_ins_are_audited(client: FlaskClient, app: Flask) -> None:
     events = app.extensions["pacs"]["users"].audit_events()
     assert [e.action for e in events[:2]] == ["signin", "signin-failed"]
     assert events[0].username == "binh" and events[0].address == "127.0.0.1"
+
+
+def _aged_cookie(app: Flask, value: str, age_hours: float) -> str:
+    """The session cookie ``value`` re-signed as if issued ``age_hours`` ago (same secret)."""
+    import time
+
+    from itsdangerous import TimestampSigner
+
+    serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+    data = serializer.loads(value)
+
+    class Then(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time() - age_hours * 3600)
+
+    serializer.signer = Then
+    return str(serializer.dumps(data))
+
+
+def test_an_expired_session_gets_the_sign_in_page_and_no_data(client: FlaskClient, app: Flask,
+                                                             settings: Settings) -> None:
+    sign_in(client)
+    value = client.get_cookie("pacs_session").value  # type: ignore[union-attr]
+    # Younger than Settings.session_hours (12 by default): still signed in.
+    client.set_cookie("pacs_session", _aged_cookie(app, value, settings.session_hours - 1))
+    assert client.get(PROTECTED_API).status_code == 404
+    client.set_cookie("pacs_session", _aged_cookie(app, value, settings.session_hours + 0.1))
+    page = client.get("/worklist", headers={"Accept": "text/html"})
+    assert page.status_code == 302 and page.headers["Location"].startswith("/login?next=/worklist")
+    api = client.get(PROTECTED_API)
+    assert api.status_code == 401 and set(api.get_json()) == {"error"}
+    assert client.get("/api/worklist").status_code == 401

@@ -240,3 +240,56 @@ def test_real_server_renders_through_waitress_workers(served: PacsServer) -> Non
         urllib.request.urlopen(served.url(url(CT)), timeout=30)
     assert err.value.code == 401
     assert "waitress worker processes" in served.log
+
+
+# --------------------------------------------------------------------------- scrolling a series
+
+
+@pytest.fixture
+def ct_app(tmp_path: Path) -> Iterator[tuple[Flask, list[Path]]]:
+    """An app holding a generated 16-slice CT series (and nothing else)."""
+    from scripts import make_ct_series
+
+    folder = tmp_path / "ct"
+    assert make_ct_series.main(["--out", str(folder), "--slices", "16"]) == 0
+    files = sorted(folder.glob("*.dcm"))
+    settings = Settings(data_dir=tmp_path / "data", fsync=False, render_cache_mb=64)
+    settings.data_dir.mkdir()
+    index = Index(settings.resolved_database_url, fsync=False)
+    index.migrate()
+    blobs = FilesystemBlobStore(settings.resolved_blob_dir, fsync=False)
+    Users(index).add("binh", "long password", "radiologist")
+    ingest = IngestService(blobs, index)
+    for path in files:
+        ingest.store(path.read_bytes(), Origin("import"))
+    ingest.close()
+    yield create_app(settings, index, blobs, test_config={"TESTING": True}), files
+    index.dispose()
+
+
+@pytest.mark.parametrize("kind", ["image/jpeg", "image/png"])
+def test_scrolling_a_series_gets_the_same_images_rendered_ahead(
+    ct_app: tuple[Flask, list[Path]], kind: str
+) -> None:
+    """Slices rendered ahead of a scroll are byte for byte what the request would render."""
+    import time
+
+    from pacs.render import Instance, Window, encode
+
+    app, files = ct_app
+    client = app.test_client()
+    frames = app.extensions["pacs"]["frames"]
+    for path in files:
+        resp = client.get(url(path) + "?window=40,400", headers={**AUTH, "Accept": kind})
+        assert resp.status_code == 200 and resp.mimetype == kind
+        expected = encode(Instance.from_bytes(path.read_bytes()).frame(1).render(Window(40, 400)), kind)
+        assert resp.get_data() == expected
+        again = client.get(url(path) + "?window=40,400",
+                           headers={**AUTH, "Accept": kind, "If-None-Match": resp.headers["ETag"]})
+        assert again.status_code == 304
+        time.sleep(0.02)  # a user scrolls: the render-ahead thread gets a moment
+    assert frames.ahead_hits > 0
+    # Another window mid-scroll: the images rendered for the old one are not used for it.
+    resp = client.get(url(files[-1]) + "?window=500,2000", headers={**AUTH, "Accept": kind})
+    assert resp.get_data() == encode(
+        Instance.from_bytes(files[-1].read_bytes()).frame(1).render(Window(500, 2000)), kind)

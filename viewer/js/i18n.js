@@ -31,6 +31,25 @@ const TEXT = {
     notForDiagnosis: "NOT FOR DIAGNOSIS", printed: "Printed", lossy: "LOSSY",
     dropHere: "Drag a series here", noImages: "No images in this series",
     sexM: "M", sexF: "F", sexO: "O", images: "images", back: "Worklist",
+    // Shared study links and remote consultation (share.js)
+    share: "Share link", shares: "Shared links and notes", shareTitle: "Share this study",
+    shareLabel: "Label", shareLabelPh: "e.g. Dr. Hùng, cardiology", shareDays: "Expires after",
+    daysN: (n) => `${n} ${n === 1 ? "day" : "days"}`, sharePin: "PIN (optional)",
+    sharePinHint: "The recipient types it to open the link: send it separately.",
+    shareDeid: "De-identify (no patient name, ID or birth date)", shareDownload: "Allow download (ZIP)",
+    shareNotes: "Allow consultation notes", shareSeries: "Series", allSeries: "All series",
+    createLink: "Create link", cancel: "Cancel", shareCreated: "Link created",
+    copy: "Copy", copied: "Copied", printQr: "Print", saveQr: "Save QR", done: "Done",
+    newLink: "New link", linksTitle: "Shared links", noShares: "No shared links yet.",
+    stActive: "active", stExpired: "expired", stRevoked: "revoked",
+    revoke: "Revoke", confirmRevoke: "Revoke now?", sendLink: "Send…",
+    expiresAt: "expires", createdAt: "created", viewsN: (n) => `${n} ${n === 1 ? "view" : "views"}`,
+    lastAccess: "last opened", never: "never", flagPin: "PIN", flagDeid: "de-identified",
+    flagDownload: "download", flagNotes: "notes", seriesN: (n) => `${n} series`,
+    notesTitle: "Consultation notes", noNotes: "No notes yet.", notes: "Notes",
+    yourName: "Your name", opinion: "Opinion", send: "Send", refresh: "Refresh",
+    sharedStudy: "Shared study", expiresOn: (d) => `expires ${d}`, deidentified: "de-identified",
+    downloadZip: "Download (ZIP)", linkEnded: "This link has ended.",
   },
   vi: {
     worklist: "Danh sách ca chụp", search: "Tìm kiếm", clear: "Xóa lọc",
@@ -60,6 +79,24 @@ const TEXT = {
     notForDiagnosis: "KHÔNG DÙNG ĐỂ CHẨN ĐOÁN", printed: "In lúc", lossy: "NÉN MẤT DỮ LIỆU",
     dropHere: "Kéo một loạt ảnh vào đây", noImages: "Loạt này không có ảnh",
     sexM: "Nam", sexF: "Nữ", sexO: "Khác", images: "ảnh", back: "Danh sách",
+    share: "Chia sẻ liên kết", shares: "Liên kết chia sẻ và ý kiến hội chẩn", shareTitle: "Chia sẻ ca chụp này",
+    shareLabel: "Nhãn", shareLabelPh: "vd. BS. Hùng, khoa Tim mạch", shareDays: "Hết hạn sau",
+    daysN: (n) => `${n} ngày`, sharePin: "Mã PIN (không bắt buộc)",
+    sharePinHint: "Người nhận nhập mã này để mở liên kết: hãy gửi mã riêng.",
+    shareDeid: "Ẩn danh (không có tên, mã bệnh nhân, ngày sinh)", shareDownload: "Cho phép tải về (ZIP)",
+    shareNotes: "Cho phép ghi ý kiến hội chẩn", shareSeries: "Loạt ảnh", allSeries: "Tất cả loạt ảnh",
+    createLink: "Tạo liên kết", cancel: "Hủy", shareCreated: "Đã tạo liên kết",
+    copy: "Sao chép", copied: "Đã sao chép", printQr: "In", saveQr: "Lưu mã QR", done: "Xong",
+    newLink: "Tạo liên kết mới", linksTitle: "Liên kết chia sẻ", noShares: "Chưa có liên kết chia sẻ.",
+    stActive: "còn hiệu lực", stExpired: "đã hết hạn", stRevoked: "đã thu hồi",
+    revoke: "Thu hồi", confirmRevoke: "Thu hồi ngay?", sendLink: "Gửi…",
+    expiresAt: "hết hạn", createdAt: "tạo lúc", viewsN: (n) => `${n} lượt xem`,
+    lastAccess: "mở lần cuối", never: "chưa mở", flagPin: "PIN", flagDeid: "ẩn danh",
+    flagDownload: "tải về", flagNotes: "ý kiến", seriesN: (n) => `${n} loạt`,
+    notesTitle: "Ý kiến hội chẩn", noNotes: "Chưa có ý kiến.", notes: "Ý kiến",
+    yourName: "Họ tên của bạn", opinion: "Ý kiến", send: "Gửi", refresh: "Làm mới",
+    sharedStudy: "Ca chụp được chia sẻ", expiresOn: (d) => `hết hạn ${d}`, deidentified: "đã ẩn danh",
+    downloadZip: "Tải về (ZIP)", linkEnded: "Liên kết này đã hết hiệu lực.",
   },
 };
 
@@ -146,6 +183,18 @@ export function formatDate(da) {
   if (!m) return String(da || "").trim();
   const d = new Date(Date.UTC(+m[1], +m[2] - 1, +m[3]));
   return new Intl.DateTimeFormat(locale(), { dateStyle: "short", timeZone: "UTC" }).format(d);
+}
+
+/** A moment (ISO 8601 text, or seconds / milliseconds since 1970) as a local date and time. */
+export function formatDateTime(value) {
+  if (value === null || value === undefined || value === "") return "";
+  let d;
+  if (typeof value === "number" || /^\d+(\.\d+)?$/.test(String(value))) {
+    const n = Number(value);
+    d = new Date(n < 1e12 ? n * 1000 : n);
+  } else d = new Date(String(value));
+  if (Number.isNaN(d.getTime())) return String(value);
+  return new Intl.DateTimeFormat(locale(), { dateStyle: "short", timeStyle: "short" }).format(d);
 }
 
 /** DICOM TM (HHMMSS.FFFFFF) as HH:MM. */

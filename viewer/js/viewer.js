@@ -1,11 +1,12 @@
 // The viewer page: loads one study, lays out viewports, wires the toolbar, keyboard,
 // series panel, cine, tag browser and film sheet.
 
-import { enc, getJSON, instancePath } from "./api.js";
+import { enc, getJSON, instancePath, withBase } from "./api.js";
 import { exportFilm } from "./filmsheet.js";
 import { applyTexts, bindLangSelect, formatDate, onLangChange, t } from "./i18n.js";
 import { ImageLoader } from "./imageloader.js";
 import { PRESETS, Viewport } from "./viewport.js";
+import { ShareUI } from "./share.js";
 
 const LAYOUTS = { "1x1": 1, "1x2": 2, "2x2": 4 };
 
@@ -45,6 +46,8 @@ class App {
     this.setLayout(matchMedia("(max-width: 700px)").matches ? "1x1" : this.layout);
     this.fillPresets();
     document.body.classList.add("ready");
+    // After the first images are asked for: the links/notes requests must not delay them.
+    this.share = new ShareUI(this);
   }
 
   // ------------------------------------------------------------------ data
@@ -168,7 +171,7 @@ class App {
       img.decoding = "async";
       if (s.images > 0) {
         // Thumbnails wait for the first image: it must not queue behind them.
-        img.dataset.src = `/dicomweb/studies/${enc(this.studyUid)}/series/${enc(s.series_uid)}/thumbnail`;
+        img.dataset.src = withBase(`/dicomweb/studies/${enc(this.studyUid)}/series/${enc(s.series_uid)}/thumbnail`);
         img.addEventListener("error", () => img.classList.add("broken"));
         if (this.firstShown) img.src = img.dataset.src;
       } else img.classList.add("broken");
@@ -286,6 +289,8 @@ class App {
       panel.hidden = !panel.hidden;
       this.renderFilm();
       for (const v of this.visible()) v.resize();
+    } else if (this.share?.action(name)) {
+      /* share dialog, shared links and consultation notes (share.js) */
     } else if (name === "addFilm") {
       this.addToFilm();
     } else if (name === "cine") {
@@ -472,6 +477,7 @@ onLangChange(() => {
   app.renderSeriesPanel();
   app.fillPresets();
   app.renderFilm();
+  app.share?.refreshTexts();
   for (const vp of app.viewports) {
     vp.updateOverlay();
     vp.draw();

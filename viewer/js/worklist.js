@@ -2,7 +2,7 @@
 
 import { getJSON, enc } from "./api.js";
 import {
-  applyTexts, bindLangSelect, formatDate, formatTime, localDA, onLangChange, t,
+  applyTexts, bindLangSelect, formatDate, formatTime, lang, localDA, onLangChange, t,
 } from "./i18n.js";
 
 const POLL_MS = 15000;
@@ -198,6 +198,11 @@ document.addEventListener("visibilitychange", () => {
 
 bindLangSelect(document.getElementById("lang"));
 onLangChange(() => render());
+// The admin link (admins only, see worklist.html); its two labels live here, not in i18n.js.
+const adminLink = document.getElementById("admin-link");
+const adminLabel = () => adminLink && (adminLink.textContent = lang() === "vi" ? "Quản trị" : "Admin");
+onLangChange(adminLabel);
+adminLabel();
 applyTexts();
 readUrl();
 load();
