@@ -160,20 +160,28 @@ def ae() -> None:
 
 
 @contextlib.contextmanager
-def _registry(ctx: click.Context, data_dir: Path | None) -> Iterator[Any]:
-    """The AE registry on the configured index (schema brought up to date first)."""
+def _index(ctx: click.Context, data_dir: Path | None) -> Iterator[tuple[Settings, Any]]:
+    """The settings and the configured index, its schema brought up to date; errors for click."""
     from pacs.services import open_index
-    from pacs.store.aes import AERegistry
 
     s = _settings(ctx, data_dir=data_dir)
     index = open_index(s)
     try:
         index.migrate()
-        yield AERegistry(index, s.remote_aes)
+        yield s, index
     except PacsError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         index.dispose()
+
+
+@contextlib.contextmanager
+def _registry(ctx: click.Context, data_dir: Path | None) -> Iterator[Any]:
+    """The AE registry on the configured index."""
+    from pacs.store.aes import AERegistry
+
+    with _index(ctx, data_dir) as (s, index):
+        yield AERegistry(index, s.remote_aes)
 
 
 @ae.command("add")
@@ -228,19 +236,11 @@ def ae_remove(ctx: click.Context, name: str, data_dir: Path | None) -> None:
 
 @contextlib.contextmanager
 def _users(ctx: click.Context, data_dir: Path | None) -> Iterator[Any]:
-    """The user accounts on the configured index (schema brought up to date first)."""
-    from pacs.services import open_index
+    """The user accounts on the configured index."""
     from pacs.store.users import Users
 
-    s = _settings(ctx, data_dir=data_dir)
-    index = open_index(s)
-    try:
-        index.migrate()
+    with _index(ctx, data_dir) as (s, index):
         yield Users(index, max_failures=s.login_max_failures, lockout_minutes=s.login_lockout_minutes)
-    except PacsError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        index.dispose()
 
 
 def _read_password() -> str:
@@ -287,9 +287,7 @@ def user_passwd(ctx: click.Context, name: str, data_dir: Path | None) -> None:
 @click.pass_context
 def user_disable(ctx: click.Context, name: str, data_dir: Path | None) -> None:
     """Stop NAME from signing in; ends its sessions and makes its API tokens useless."""
-    with _users(ctx, data_dir) as users:
-        users.set_disabled(name, True)
-    click.echo(f"disabled {name}")
+    _set_disabled(ctx, name, data_dir, True)
 
 
 @user.command("enable")
@@ -298,9 +296,13 @@ def user_disable(ctx: click.Context, name: str, data_dir: Path | None) -> None:
 @click.pass_context
 def user_enable(ctx: click.Context, name: str, data_dir: Path | None) -> None:
     """Allow a disabled user to sign in again."""
+    _set_disabled(ctx, name, data_dir, False)
+
+
+def _set_disabled(ctx: click.Context, name: str, data_dir: Path | None, disabled: bool) -> None:
     with _users(ctx, data_dir) as users:
-        users.set_disabled(name, False)
-    click.echo(f"enabled {name}")
+        users.set_disabled(name, disabled)
+    click.echo(f"{'disabled' if disabled else 'enabled'} {name}")
 
 
 @user.command("list")
@@ -344,18 +346,11 @@ def token_revoke(ctx: click.Context, name: str, data_dir: Path | None) -> None:
 @contextlib.contextmanager
 def _shares(ctx: click.Context, data_dir: Path | None) -> Iterator[tuple[Settings, Any, Any]]:
     """Settings, share links and users (for the audit log) on the configured index."""
-    from pacs.services import open_index, open_shares
+    from pacs.services import open_shares
     from pacs.store.users import Users
 
-    s = _settings(ctx, data_dir=data_dir)
-    index = open_index(s)
-    try:
-        index.migrate()
+    with _index(ctx, data_dir) as (s, index):
         yield s, open_shares(s, index), Users(index)
-    except PacsError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        index.dispose()
 
 
 def _when(value: Any) -> str:

@@ -127,14 +127,6 @@ class LRUCache:
             self._bytes = 0
 
 
-@dataclass(frozen=True)
-class Located:
-    """An indexed instance and its parsed form."""
-
-    record: InstanceRecord
-    instance: Instance
-
-
 # --------------------------------------------------------------------------- frame layouts
 
 

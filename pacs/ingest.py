@@ -121,7 +121,7 @@ class IngestService:
             raise
         if added.added:
             log.debug("stored %s %s (%d bytes, %s)", keys.sop_class_uid, uid, blob.size, origin)
-            self._cache(uid, blob.key, entry, replace=True)
+            self._cache(uid, blob.key, entry)
             return StoreResult(Outcome.STORED, keys, blob.key, blob.sha256, blob.size)
 
         # Already indexed (a re-send, or another association won the race): keep one copy.
@@ -130,7 +130,8 @@ class IngestService:
         if existing.sha256 == blob.sha256:
             self._discard(blob.key)
             log.info("instance %s already stored (%s); nothing kept", uid, origin)
-            self._cache(uid, existing.blob_key, entry, replace=False)  # same bytes: fills a miss
+            # No metadata-cache write here: the first store wrote it (or a read rebuilds it),
+            # and a re-sent study must not take the index's write lock once more per instance.
             return StoreResult(Outcome.ALREADY_STORED, keys, existing.blob_key, blob.sha256, blob.size)
         return self._conflict(blob, keys, existing.blob_key, existing.sha256, origin, entry)
 
@@ -144,12 +145,12 @@ class IngestService:
             log.warning("instance %s: no metadata cache entry: %s", uid, exc)
             return None
 
-    def _cache(self, uid: str, blob_key: str, entry: Entry | None, *, replace: bool) -> None:
+    def _cache(self, uid: str, blob_key: str, entry: Entry | None) -> None:
         """Write the cache entry after the index commit; a failure only costs a rebuild later."""
         if self.metadata is None or entry is None:
             return
         try:
-            self.metadata.put(uid, blob_key, entry, replace=replace)
+            self.metadata.put(uid, blob_key, entry, replace=True)
         except Exception as exc:  # noqa: BLE001 - the instance is stored; the cache is rebuilt on use
             log.warning("instance %s: metadata cache not written: %s", uid, exc)
 
@@ -176,7 +177,7 @@ class IngestService:
             self._discard(blob.key)
             raise
         self._discard(old)
-        self._cache(uid, blob.key, entry, replace=True)
+        self._cache(uid, blob.key, entry)
         log.warning("instance %s re-sent with different content (%s): replaced (policy overwrite)", uid, origin)
         return StoreResult(Outcome.REPLACED, keys, blob.key, blob.sha256, blob.size)
 

@@ -13,6 +13,7 @@ frame to the uncompressed little-endian bytes of ``application/octet-stream``.
 
 from __future__ import annotations
 
+import bisect
 import io
 import struct
 from collections.abc import Callable
@@ -168,10 +169,14 @@ def _encapsulated(raw: bytes | memoryview, pos: int, frames: int, ts: str, ds: D
         starts = list(struct.unpack_from(f"<{bot_len // 4}I", raw, bot_at))
     if starts is not None and len(starts) == frames:
         ranges: list[tuple[tuple[int, int], ...]] = []
+        # Fragments are in file order: each frame's are a slice found by bisection (a
+        # 2,000-frame instance must not cost frames x fragments comparisons at ingest).
+        rel = [item - first_item for item, _, _ in fragments]
         for i, start in enumerate(starts):
             end = starts[i + 1] if i + 1 < len(starts) else None
-            chosen = tuple((v, n) for item, v, n in fragments
-                           if item - first_item >= start and (end is None or item - first_item < end))
+            lo = bisect.bisect_left(rel, start)
+            hi = len(rel) if end is None else bisect.bisect_left(rel, end)
+            chosen = tuple((v, n) for _, v, n in fragments[lo:hi])
             if not chosen:
                 return None
             ranges.append(chosen)
@@ -227,6 +232,31 @@ def _decode_all(ds: Dataset) -> None:
         pass
 
 
+def to_native_little_endian(ds: Dataset) -> Dataset:
+    """Decompress (or byte-swap) ``ds`` in place to Explicit VR Little Endian; return it.
+
+    The SOP Instance UID is kept: the pixels are the same (a lossy original stays marked
+    by its Lossy Image Compression attributes, PS3.3 C.7.6.1.1.5).
+    """
+    ts = UID(ds.file_meta.TransferSyntaxUID)
+    if ts.is_compressed:
+        ds.decompress(generate_instance_uid=False)
+        return ds
+    if not ts.is_little_endian:
+        # Decode every element (raw big-endian values would be copied as they are), then
+        # rewrite the pixels little endian, interleaved (pixel_array undoes planar config).
+        _decode_all(ds)
+        if "PixelData" in ds:
+            arr = ds.pixel_array
+            ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+            ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
+            if ds.get("SamplesPerPixel", 1) > 1:
+                ds.PlanarConfiguration = 0
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.set_original_encoding(False, True, ds.original_character_set)
+    return ds
+
+
 def to_native(raw: bytes, target: str = EXPLICIT_LE) -> bytes:
     """The Part 10 instance re-encoded in ``target`` (Explicit or Implicit VR Little Endian).
 
@@ -239,18 +269,9 @@ def to_native(raw: bytes, target: str = EXPLICIT_LE) -> bytes:
     try:
         ds = dcmread(io.BytesIO(raw))
         ts = UID(ds.file_meta.TransferSyntaxUID)
-        if ts.is_compressed:
-            if not can_decode(str(ts)):
-                raise ConversionError(f"no decoder for {ts.name}")
-            ds.decompress(generate_instance_uid=False)
-        elif not ts.is_little_endian:
-            _decode_all(ds)
-            if "PixelData" in ds:
-                arr = ds.pixel_array
-                ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-                ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
-                if int(ds.get("SamplesPerPixel", 1)) > 1:
-                    ds.PlanarConfiguration = 0
+        if ts.is_compressed and not can_decode(str(ts)):
+            raise ConversionError(f"no decoder for {ts.name}")
+        to_native_little_endian(ds)
         if str(ds.file_meta.TransferSyntaxUID) != target:
             _decode_all(ds)
             ds.file_meta.TransferSyntaxUID = UID(target)

@@ -102,7 +102,8 @@ _Y_MAX = 255.0  # PS3.3 C.11.2.1.2: ymax of the 8-bit output range (ymin is 0)
 _BAD_VALUE = (AttributeError, KeyError, IndexError, TypeError, ValueError)
 
 
-def _finite(text: str, what: str) -> float:
+def finite_number(text: str, what: str) -> float:
+    """``text`` as a finite float, else :class:`BadRenderRequest` naming ``what`` (a 400)."""
     try:
         value = float(text)
     except ValueError:
@@ -147,8 +148,8 @@ class Window:
         parts = [p.strip() for p in str(text).split(",")]
         if len(parts) not in (2, 3):
             raise BadRenderRequest("window must be center,width[,function]")
-        center = _finite(parts[0], "window center")
-        width = _finite(parts[1], "window width")
+        center = finite_number(parts[0], "window center")
+        width = finite_number(parts[1], "window width")
         return cls(center, width, parts[2] if len(parts) == 3 else "LINEAR")
 
     def apply(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -437,11 +438,6 @@ class GrayFrame(Frame):
             bits = 8 * self._index.dtype.itemsize
             part[part >= 1 << (bits - 1)] -= 1 << bits
         return part
-
-    @property
-    def _offsets(self) -> NDArray[np.int64]:
-        """Stored values minus the frame minimum (kept for callers of the older layout)."""
-        return self.stored_values() - self.stored_min
 
     @property
     def default_window(self) -> Window | None:

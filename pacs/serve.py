@@ -225,13 +225,17 @@ class Supervisor:
         self.http_listener: socket.socket | None = None
         self.http_port = 0
 
+    def _worker_settings(self) -> Settings:
+        """The settings plus the DICOM port actually bound (port 0 asks the OS for one)."""
+        return dataclasses.replace(self.settings, extra={**self.settings.extra,
+                                                         "dicom_port_bound": self.dicom_port})
+
     def _spawn(self, n: int, ctx: Any = None, kind: str = "dicom") -> Any:
         ctx = ctx or self.ctx
         ready = ctx.Event()
         target, listener = (dicom_worker, self.listener) if kind == "dicom" else (
             http_worker, self.http_listener)
-        settings = dataclasses.replace(self.settings, extra={"dicom_port_bound": self.dicom_port})
-        proc = ctx.Process(target=target, args=(settings, listener, ready),
+        proc = ctx.Process(target=target, args=(self._worker_settings(), listener, ready),
                            name=f"{kind}-{n}", daemon=False)
         proc.start()
         what = "DICOM receiver" if kind == "dicom" else "HTTP worker"
@@ -268,16 +272,12 @@ class Supervisor:
 
         import pacs.web  # noqa: F401
 
-        # Import the codecs and encoders here, once, so the forked HTTP workers share those
-        # pages instead of each importing its own copy (about 10 MB per worker).
-        _warm_up()
-
         services.close()
 
         global _PREBUILT
         if n_http and threading.active_count() == 1:
-            _PREBUILT = _build_http_app(
-                dataclasses.replace(s, extra={"dicom_port_bound": self.dicom_port}), self.dicom_port)
+            # Also imports the codecs and encoders (its render warm-up), once, for every worker.
+            _PREBUILT = _build_http_app(self._worker_settings(), self.dicom_port)
         gc.collect()
         gc.freeze()  # keep the collector from touching (and so copying) the shared objects
         use_fork = threading.active_count() == 1

@@ -67,6 +67,7 @@ from sqlalchemy.exc import OperationalError
 
 from pacs.config import Settings
 from pacs.errors import PacsError
+from pacs.pixeldata import to_native_little_endian
 from pacs.store.aes import AERegistry
 from pacs.store.blobs import BlobStore
 from pacs.store.index import Index
@@ -209,32 +210,6 @@ def _failed(uid: str) -> Dataset:
     """
     ds = Dataset()
     ds.SOPInstanceUID = uid
-    return ds
-
-
-def to_native_little_endian(ds: Dataset) -> Dataset:
-    """Decompress (or byte-swap) ``ds`` in place to Explicit VR Little Endian; return it.
-
-    The SOP Instance UID is kept: the pixels are the same (a lossy original stays marked
-    by its Lossy Image Compression attributes, PS3.3 C.7.6.1.1.5).
-    """
-    ts = UID(ds.file_meta.TransferSyntaxUID)
-    if ts.is_compressed:
-        ds.decompress(generate_instance_uid=False)
-        return ds
-    if not ts.is_little_endian:
-        # Decode every element (raw big-endian values would be copied as they are), then
-        # rewrite the pixels little endian, interleaved (pixel_array undoes planar config).
-        for _ in ds.iterall():
-            pass
-        if "PixelData" in ds:
-            arr = ds.pixel_array
-            ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-            ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
-            if ds.get("SamplesPerPixel", 1) > 1:
-                ds.PlanarConfiguration = 0
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.set_original_encoding(False, True, ds.original_character_set)
     return ds
 
 

@@ -12,7 +12,6 @@ every node at its next request. The clock is injectable so that expiry can be te
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +19,11 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from pacs.errors import NotFound, PacsError
 from pacs.store.index import Index
+from pacs.store.users import token_hash
 from pacs.store.models import ShareLink, ShareNote, Study
 
 TOKEN_BYTES = 24  # 192 bits (the issue asks for at least 128)
@@ -53,10 +53,6 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)  # SQLite returns naive UTC
     return value
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -187,8 +183,11 @@ class Shares:
                 _hasher.verify(row.pin_hash, pin)
             except (VerificationError, InvalidHashError):
                 row.pin_failures += 1
-                if row.pin_failures >= PIN_MAX_FAILURES:
-                    row.pin_failures, row.pin_locked_until = 0, now + PIN_LOCKOUT
+                if row.pin_failures % PIN_MAX_FAILURES == 0:
+                    # Every lock-out doubles the next (15 min, 30, 1 h, …): a 4-digit PIN would
+                    # otherwise fall to 480 guesses a day well within a link's 30-day life.
+                    lockouts = row.pin_failures // PIN_MAX_FAILURES
+                    row.pin_locked_until = now + PIN_LOCKOUT * 2 ** min(lockouts - 1, 16)
                     s.commit()
                     raise PinRequired("too many wrong PINs: try again later", locked=True) from None
                 s.commit()
@@ -248,3 +247,8 @@ class Shares:
                 ShareLink.study_instance_uid == study_uid)
         with self.index.session() as s:
             return [(pk, Note(_utc(at), author, text)) for pk, at, author, text in s.execute(q)]  # type: ignore[arg-type]
+
+    def note_count(self, share_id: int) -> int:
+        """How many notes were left through one link (a count, not the notes)."""
+        with self.index.session() as s:
+            return int(s.scalar(select(func.count()).where(ShareNote.share_pk == share_id)) or 0)

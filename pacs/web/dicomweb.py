@@ -251,6 +251,10 @@ def search_instances(study: str, series: str) -> Any:
 
 def _records(study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRecord]:
     _check_uid(study, *(u for u in (series, sop) if u is not None))
+    if sop is not None and series is not None:
+        # One instance: its (briefly cached) row, checked against study and series; not the
+        # whole series' rows filtered here (a viewer fetching 300 instances read 300 x 300).
+        return [_frames().record(study, series, sop)]
     records = _index().instances_of(study, series)
     if sop is not None:
         records = [r for r in records if r.sop_instance_uid == sop]
@@ -353,24 +357,34 @@ def _minimal_json(doc: Document) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _metadata(study: str, series: str | None = None, sop: str | None = None) -> Response:
+def check_json_accept() -> None:
+    """406 unless the client takes DICOM JSON (PS3.18 8.7.3), 400 for a malformed Accept."""
     try:
         if not accepts_json(_accept()):
             abort(406, description=f"metadata is available as {DICOM_JSON}")
     except MultipartError as exc:
         abort(400, description=f"Accept: {exc}")
-    _check_uid(study, *(u for u in (series, sop) if u is not None))
-    cache, blobs, base = _cache(), _blobs(), _base()
-    docs = cache.documents(study, series, sop)
-    if not docs:
-        raise NotFound("no such " + ("instance" if sop else "series" if series else "study"))
+
+
+def metadata_pieces(docs: Iterable[Document], base: str) -> list[bytes]:
+    """Each instance's cached DICOM JSON, its BulkDataURIs made absolute under ``base``."""
+    cache, blobs = _cache(), _blobs()
     pieces = []
     for doc in docs:
         text = cache.json_of(doc, blobs)
         url = (f"{base}{ROOT}/studies/{doc.study_instance_uid}/series/{doc.series_instance_uid}"
                f"/instances/{doc.sop_instance_uid}")
         pieces.append(absolute(text, url) if text is not None else _minimal_json(doc))
-    return Response(b"[" + b",".join(pieces) + b"]", mimetype=DICOM_JSON)
+    return pieces
+
+
+def _metadata(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    check_json_accept()
+    _check_uid(study, *(u for u in (series, sop) if u is not None))
+    docs = _cache().documents(study, series, sop)
+    if not docs:
+        raise NotFound("no such " + ("instance" if sop else "series" if series else "study"))
+    return Response(b"[" + b",".join(metadata_pieces(docs, _base())) + b"]", mimetype=DICOM_JSON)
 
 
 @bp.get(f"{ROOT}/studies/<study>/metadata")

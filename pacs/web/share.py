@@ -66,15 +66,14 @@ from pacs.dicomjson import MEDIA_TYPE as DICOM_JSON
 from pacs.errors import NotFound
 from pacs.export import study_zip
 from pacs.frames import FrameSource
-from pacs.multipart import MultipartError, Part
+from pacs.multipart import Part
 from pacs.services import open_shares
 from pacs.store.index import Index, InstanceRecord
-from pacs.store.metadata import absolute
 from pacs.store.models import Patient, Study
 from pacs.store.shares import Note, PinRequired, Share, ShareError, ShareGone, Shares
 from pacs.store.users import Users
 from pacs.store.worklist import study_detail
-from pacs.wado import DICOM, accepts_json, choose_instance
+from pacs.wado import DICOM, choose_instance
 from pacs.web import dicomweb, rendered, ui
 from pacs.web.auth import UNSAFE, _csrf_ok, require
 
@@ -555,30 +554,16 @@ def _dicomweb_url(share: Share, rec: InstanceRecord) -> str:
             f"/instances/{_pseudonym(share, rec.sop_instance_uid)}")
 
 
-def _check_json_accept() -> None:
-    try:
-        if not accepts_json(dicomweb._accept()):
-            abort(406, description=f"metadata is available as {DICOM_JSON}")
-    except MultipartError as exc:
-        abort(400, description=f"Accept: {exc}")
-
-
 def _metadata(share: Share, study: str, series: str | None = None, sop: str | None = None) -> Any:
     """WADO-RS metadata (PS3.18 10.4.1.1.2) of the link's instances; URLs under the link."""
-    _check_json_accept()
+    dicomweb.check_json_accept()
     records = _records(share, series, sop)
     _audit("share-metadata", share)
     pieces: list[bytes] = []
     if not share.deidentify:
-        cache, blobs = dicomweb._cache(), dicomweb._blobs()
         wanted = {r.sop_instance_uid for r in records}
-        for doc in cache.documents(study, series, sop):
-            if doc.sop_instance_uid not in wanted:
-                continue
-            text = cache.json_of(doc, blobs)
-            url = (f"{_settings().public_url.rstrip('/')}{g.share_base}/dicomweb/studies/"
-                   f"{doc.study_instance_uid}/series/{doc.series_instance_uid}/instances/{doc.sop_instance_uid}")
-            pieces.append(absolute(text, url) if text is not None else dicomweb._minimal_json(doc))
+        docs = [d for d in dicomweb._cache().documents(study, series, sop) if d.sop_instance_uid in wanted]
+        pieces = dicomweb.metadata_pieces(docs, _settings().public_url.rstrip("/") + g.share_base)
     else:
         for rec in records:
             # Everything inline (no BulkDataURI): the header is small without its pixels, and
@@ -740,7 +725,7 @@ def link_add_note(token: str) -> Any:
         raise ShareError("send JSON {\"author\": name, \"text\": opinion}")
     if len(body.get("author", "")) > MAX_LABEL:
         raise ShareError(f"a name is at most {MAX_LABEL} characters")
-    if len(_shares().notes(share_id=share.id)) >= MAX_NOTES_PER_LINK:
+    if _shares().note_count(share.id) >= MAX_NOTES_PER_LINK:
         abort(429, description="this link has taken as many notes as it can")
     note = _shares().add_note(share, body.get("author", ""), body.get("text", ""))
     _audit("share-note", share)

@@ -39,7 +39,7 @@ from pydicom.valuerep import PersonName
 from pacs import __version__
 from pacs.errors import InvalidInstance, InvalidQuery, NotFound
 from pacs.frames import FrameSource
-from pacs.render import BadRenderRequest, ColorFrame, Frame, GrayFrame
+from pacs.render import BadRenderRequest, ColorFrame, Frame, GrayFrame, finite_number
 from pacs.store.index import Index, InstanceRecord
 from pacs.store.users import Users
 from pacs.store.worklist import StudyDetail, WorklistQuery, latest_study, search, study_detail
@@ -329,21 +329,14 @@ def api_tags(study: str, series: str, sop: str) -> Any:
 
 
 def _float_arg(name: str) -> float:
-    text = request.args.get(name, "")
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRenderRequest(f"{name} must be a number, not {text!r}") from None
-    if not math.isfinite(value):
-        raise BadRenderRequest(f"{name} must be finite")
-    return value
+    return finite_number(request.args.get(name, ""), name)
 
 
 def modality_values(frame: Frame, r0: int, r1: int, c0: int, c1: int) -> tuple[NDArray[np.float64], str]:
     """Modality values (e.g. HU) of rows r0:r1, columns c0:c1, and their unit kind.
 
-    GrayFrame keeps stored values as offsets from the frame minimum plus its Modality LUT
-    (see :mod:`pacs.render`); colour frames give their luminance (ITU-R BT.601 weights).
+    Grey frames: their stored values through the Modality LUT (:meth:`GrayFrame.modality_values`);
+    colour frames give their luminance (ITU-R BT.601 weights).
     """
     if isinstance(frame, GrayFrame):
         return frame.modality_values(slice(r0, r1), slice(c0, c1)), "modality"
@@ -402,9 +395,10 @@ def api_roi(study: str, series: str, sop: str, n: int) -> Any:
     rec = src.record(study, series, sop)
     if not 1 <= n <= max(1, rec.number_of_frames):
         raise BadRenderRequest(f"frame {n} is out of range: the instance has {rec.number_of_frames}")
+    spacing = src.instance(rec).spacing()  # first: the frame is then cut from this read
     frame = src.frame(rec, n)
     stats = roi_stats(frame, request.args.get("shape", "rect"), _float_arg("x0"), _float_arg("y0"),
-                      _float_arg("x1"), _float_arg("y1"), src.instance(rec).spacing())
+                      _float_arg("x1"), _float_arg("y1"), spacing)
     return jsonify(frame=n, **stats)
 
 

@@ -154,3 +154,32 @@ def test_views_and_notes(shares: Shares) -> None:
     with pytest.raises(ShareError):
         shares.add_note(silent, "x", "y")
     assert [s.id for s in shares.for_study(study)] == [silent.id, share.id]
+
+
+def test_each_pin_lock_out_lasts_twice_as_long(shares: Shares, clock: Clock) -> None:
+    """Guessing a 4-digit PIN 5 times every 15 minutes would find it in days: locks double."""
+    study, _ = a_study(shares)
+    _token, share = shares.create(study, created_by="binh", pin="2468")
+
+    def five_wrong() -> None:
+        for _ in range(5):
+            with pytest.raises(PinRequired):
+                shares.check_pin(share, "0000")
+
+    def locked() -> bool:
+        try:
+            shares.check_pin(share, "1111")  # wrong: if not locked this counts a failure too
+        except PinRequired as err:
+            return err.locked
+        return False
+
+    five_wrong()
+    clock.now += timedelta(minutes=16)
+    five_wrong()  # second lock-out: 30 minutes
+    clock.now += timedelta(minutes=16)
+    assert locked()  # a first lock-out would have ended by now
+    clock.now += timedelta(minutes=15)
+    shares.check_pin(share, "2468")  # 31 minutes on: open again, and the count starts over
+    five_wrong()
+    clock.now += timedelta(minutes=16)
+    shares.check_pin(share, "2468")  # back to 15 minutes after a right PIN

@@ -587,6 +587,19 @@ def test_notes_round_trip(app: Flask, client: FlaskClient, visitor: FlaskClient)
                         headers={"X-CSRF-Token": csrf}).status_code == 403
 
 
+def test_a_link_takes_a_bounded_number_of_notes(app: Flask, client: FlaskClient, visitor: FlaskClient,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacs.web import share as share_module
+
+    monkeypatch.setattr(share_module, "MAX_NOTES_PER_LINK", 2)
+    made = create(client, U(app)["A"]["study"], notes=True)
+    headers = {"X-CSRF-Token": csrf_of(visitor.get(made["url"]).get_data(as_text=True))}
+    codes = [visitor.post(f"{made['url']}/notes", json={"author": "a", "text": str(i)}, headers=headers).status_code
+             for i in range(3)]
+    assert codes == [201, 201, 429]
+    assert len(visitor.get(f"{made['url']}/notes").get_json()["notes"]) == 2
+
+
 # -- admin page -------------------------------------------------------------------------------
 
 
