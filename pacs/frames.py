@@ -20,12 +20,14 @@ whole: one read beats several round trips for a 0.5 MB CT slice.
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import pickle
 import select
 import signal
 import struct
+import sys
 import threading
 import time
 from array import array
@@ -399,13 +401,47 @@ def _receive(fd: int) -> Any:
 
 
 #: Longest a request waits for its image being rendered ahead (seconds): a backstop only,
-#: the child answers within RESULT_TIMEOUT or is replaced.
+#: the child answers within RESULT_MAX or is replaced.
 PENDING_WAIT = 30.0
-#: Longest the child may take for one image (milliseconds of work, even on a busy machine).
-#: Past it the child is presumed stuck and is killed; the next job forks a new one. The child
-#: is forked by a thread while request threads run: if one of them held a lock the child then
-#: needs (a lazy import, say), the child would wait for ever, and with it every image it owes.
+#: How often a wait for the child's answer checks that the child is still working (seconds).
+#: An image takes milliseconds of work; a child that used no CPU at all for this long is
+#: stuck and is killed (the next job forks a new one). The child is forked by a thread while
+#: request threads run: if one of them held a lock the child then needs, the child would
+#: wait for ever, and with it every image it owes. A child that is only slow (a machine under
+#: load) keeps its CPU clock moving and is left alone, up to RESULT_MAX.
 RESULT_TIMEOUT = 5.0
+#: Longest the child may take for one image, working or not (seconds).
+RESULT_MAX = 20.0
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """User plus system CPU time of a process in clock ticks (proc(5) fields 14 and 15), or
+    None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()  # the name may hold spaces
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _release_orphaned_imports() -> None:
+    """In a child just forked from a threaded process: forget imports other threads had under
+    way at the fork. CPython resets its global import lock at fork, not the per-module locks:
+    a module being imported by another thread stays locked (by a thread that does not exist
+    here) and half-initialised in sys.modules, and the child's first import of it (Pillow
+    loads its plugins lazily on the first save) would wait for ever. Dropping the locks and
+    the half-made modules makes such an import start afresh. The calling thread is not
+    importing anything, so every lock held is an orphan."""
+    import importlib._bootstrap as bootstrap  # CPython's import machinery
+
+    for table in ("_module_locks", "_blocking_on"):
+        locks = getattr(bootstrap, table, None)
+        if isinstance(locks, dict):
+            locks.clear()
+    for name, module in list(sys.modules.items()):
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            del sys.modules[name]
 
 
 class _Renderer:
@@ -447,6 +483,10 @@ class _Renderer:
         self.alive = True
 
     def _child(self, jobs: int, results: int) -> None:
+        _release_orphaned_imports()
+        # Everything inherited stays out of this process' garbage collections: a collection
+        # would otherwise walk (and so copy, page by page) the whole heap shared with the parent.
+        gc.freeze()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -494,17 +534,26 @@ class _Renderer:
             if not self.alive:
                 return None
             try:
-                ready, _, _ = select.select([self._results], [], [], RESULT_TIMEOUT)
-                if not ready:
-                    log.warning("render-ahead child %d gave no answer in %.0f s: replacing it",
-                                self.pid, RESULT_TIMEOUT)
-                    os.kill(self.pid, signal.SIGKILL)
-                    raise EOFError
+                self._wait_for_answer()
                 status, value = _receive(self._results)
             except (OSError, EOFError):
                 self.close()
                 return None
         return value if status == "ok" else None  # type: ignore[no-any-return]
+
+    def _wait_for_answer(self) -> None:
+        """Return when an answer can be read; kill the child and raise EOFError if it is stuck
+        (no CPU used for RESULT_TIMEOUT) or past RESULT_MAX. Under _lock."""
+        started, ticks = time.monotonic(), _cpu_ticks(self.pid)
+        while not select.select([self._results], [], [], RESULT_TIMEOUT)[0]:
+            now = _cpu_ticks(self.pid)
+            if now is None or now == ticks or time.monotonic() - started >= RESULT_MAX:
+                log.warning("render-ahead child %d gave no answer in %.0f s (%s): replacing it",
+                            self.pid, time.monotonic() - started,
+                            "working" if now is not None and now != ticks else "idle")
+                os.kill(self.pid, signal.SIGKILL)
+                raise EOFError
+            ticks = now
 
     def close(self) -> None:
         """Under _lock (or when nothing else uses it)."""

@@ -730,6 +730,71 @@ def test_a_dead_child_renderer_is_replaced(series: list[InstanceRecord], fs_stor
     src.close()
 
 
+def test_a_module_half_imported_by_another_thread_at_fork_imports_afresh_in_the_child(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child is forked while request threads run; one of them may be importing a module
+    (Pillow loads its plugins on the first save). That module's lock is held by a thread the
+    child does not have: without care, the child's own import of it waits for ever."""
+    import importlib
+    import sys
+    import threading
+
+    import pacs.frames as frames_mod
+
+    name, flag = "slow_import_for_fork_test", tmp_path / "go"
+    (tmp_path / f"{name}.py").write_text(
+        f"import os, time\nwhile not os.path.exists({str(flag)!r}):\n    time.sleep(0.01)\nVALUE = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(frames_mod, "RESULT_TIMEOUT", 2.0)
+    importer = threading.Thread(target=importlib.import_module, args=(name,), daemon=True)
+    importer.start()
+    deadline = time.monotonic() + 10
+    while name not in sys.modules and time.monotonic() < deadline:  # now half-imported
+        time.sleep(0.005)
+    assert name in sys.modules and sys.modules[name].__spec__._initializing  # type: ignore[union-attr]
+    data = part10(gray_image(np.arange(16, dtype=np.uint16).reshape(4, 4)))
+    renderer = frames_mod._Renderer(  # noqa: SLF001
+        lambda key: data if importlib.import_module(name).VALUE == 42 else b"")
+    try:
+        assert renderer.submit("some/blob", 1, (None, None, "image/png", None))
+        flag.touch()  # the child imports the module afresh and goes on
+        assert renderer.result() is not None and renderer.alive
+    finally:
+        importer.join(10)
+        with renderer._lock:  # noqa: SLF001
+            renderer.close()
+
+
+def _spin(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_a_slow_but_working_child_is_waited_for_up_to_result_max(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loaded machine an image may take longer than RESULT_TIMEOUT: a child whose CPU
+    clock moves is working, not stuck, and its answer is taken; past RESULT_MAX it is killed."""
+    import pacs.frames as frames_mod
+
+    data = part10(gray_image(np.arange(16, dtype=np.uint16).reshape(4, 4)))
+    monkeypatch.setattr(frames_mod, "RESULT_TIMEOUT", 0.2)
+    renderer = frames_mod._Renderer(lambda key: _spin(1.5) or data)  # noqa: SLF001
+    try:
+        assert renderer.submit("some/blob", 1, (None, None, "image/png", None))
+        assert renderer.result() is not None and renderer.alive
+    finally:
+        with renderer._lock:  # noqa: SLF001
+            renderer.close()
+
+    monkeypatch.setattr(frames_mod, "RESULT_MAX", 1.0)
+    renderer = frames_mod._Renderer(lambda key: _spin(120) or data)  # noqa: SLF001
+    assert renderer.submit("some/blob", 1, (None, None, "image/png", None))
+    t0 = time.monotonic()
+    assert renderer.result() is None and not renderer.alive
+    assert time.monotonic() - t0 < 60
+    assert _gone(renderer.pid)
+
+
 def test_a_stuck_render_ahead_child_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     """A child that never answers (here: its blob read hangs) must not hold the render-ahead
     thread, and the requests waiting on it, for ever: it is killed after RESULT_TIMEOUT."""
