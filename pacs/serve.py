@@ -70,8 +70,54 @@ def dicom_worker(settings: Settings, listener: socket.socket, ready: MpEvent) ->
     services.close()
 
 
-def http_worker(settings: Settings, listener: socket.socket, ready: MpEvent) -> None:
-    """Body of one HTTP worker process: waitress serving the Flask app on the shared socket."""
+#: Longest a busy HTTP worker leaves a new connection to a less busy sibling (seconds).
+ACCEPT_DEFER = 0.005
+
+
+def balance_accepts(server: Any, loads: Any, slot: int) -> None:
+    """Make a waitress server on a listening socket shared by sibling processes take new
+    connections only when it has no more open connections than the least busy sibling.
+
+    Why: every worker polls the one listening socket and the first awake accepts, so four
+    connections opened at once often land three on one process and one on the other; the
+    three then share one interpreter lock while the other core idles. ``loads`` is an
+    integer array in shared memory, one slot per worker, holding its open connections. A
+    worker with more than a sibling lets a pending connection be for up to ACCEPT_DEFER
+    (its loop keeps polling), then takes it anyway: a sibling stuck in a long request must
+    not leave the connection waiting.
+    """
+    from waitress.channel import HTTPChannel
+
+    base_readable, base_accept = server.readable, server.handle_accept
+    deferred_since: list[float] = []
+
+    def open_channels() -> int:
+        n = sum(1 for d in list(server._map.values()) if isinstance(d, HTTPChannel))  # noqa: SLF001
+        loads[slot] = n
+        return n
+
+    def readable() -> bool:
+        open_channels()
+        return bool(base_readable())
+
+    def handle_accept() -> None:
+        mine, now = open_channels(), time.monotonic()
+        if any(loads[i] < mine for i in range(len(loads)) if i != slot):
+            if not deferred_since or now - deferred_since[0] > 10 * ACCEPT_DEFER:
+                deferred_since[:] = [now]  # a new connection (the last one went elsewhere)
+            if now - deferred_since[0] < ACCEPT_DEFER:
+                return
+        deferred_since.clear()
+        base_accept()
+        open_channels()
+
+    server.readable, server.handle_accept = readable, handle_accept
+
+
+def http_worker(settings: Settings, listener: socket.socket, ready: MpEvent,
+                loads: Any = None, slot: int = 0) -> None:
+    """Body of one HTTP worker process: waitress serving the Flask app on the shared socket
+    (``loads``/``slot``: see :func:`balance_accepts`)."""
     _die_with_parent()
 
     def on_term(_signum: int, _frame: Any) -> None:
@@ -95,6 +141,8 @@ def http_worker(settings: Settings, listener: socket.socket, ready: MpEvent) -> 
         # waitress' own cap (1 GiB by default) would answer 413 before our settings are consulted.
         max_request_body_size=_body_limit(settings),
     )
+    if loads is not None and len(loads) > 1:
+        balance_accepts(server, loads, slot)
     ready.set()
     try:
         server.run()
@@ -224,6 +272,8 @@ class Supervisor:
         self.listener: socket.socket | None = None
         self.http_listener: socket.socket | None = None
         self.http_port = 0
+        #: Open connections per HTTP worker, in shared memory (see balance_accepts).
+        self.http_loads: Any = None
 
     def _worker_settings(self) -> Settings:
         """The settings plus the DICOM port actually bound (port 0 asks the OS for one)."""
@@ -233,9 +283,12 @@ class Supervisor:
     def _spawn(self, n: int, ctx: Any = None, kind: str = "dicom") -> Any:
         ctx = ctx or self.ctx
         ready = ctx.Event()
-        target, listener = (dicom_worker, self.listener) if kind == "dicom" else (
-            http_worker, self.http_listener)
-        proc = ctx.Process(target=target, args=(self._worker_settings(), listener, ready),
+        args: tuple[Any, ...] = (self._worker_settings(), self.listener, ready)
+        if kind == "http":
+            args = (self._worker_settings(), self.http_listener, ready, self.http_loads, n)
+            if self.http_loads is not None:
+                self.http_loads[n] = 0  # a restarted worker starts with no connection
+        proc = ctx.Process(target=dicom_worker if kind == "dicom" else http_worker, args=args,
                            name=f"{kind}-{n}", daemon=False)
         proc.start()
         what = "DICOM receiver" if kind == "dicom" else "HTTP worker"
@@ -265,6 +318,7 @@ class Supervisor:
         self.http_listener = make_listener(s.host, s.http_port, backlog=1024)
         self.http_port = self.http_listener.getsockname()[1]
         n, n_http = s.resolved_dicom_workers, s.resolved_http_workers
+        self.http_loads = mp.RawArray("i", max(n_http, 1))
         # Nothing of ours may be running in a thread or hold a connection across fork().
         # pacs.scp.server is imported above (make_listener): every receiver shares it;
         # the web side is imported here for the same reason.
@@ -310,7 +364,8 @@ class Supervisor:
                 if not proc.is_alive() and not self.stopping:
                     log.error("%s worker %s exited (code %s); restarting it", kind, proc.name, proc.exitcode)
                     try:
-                        self.workers[i] = (kind, self._spawn(i, None, kind))
+                        slot = sum(1 for k, _ in self.workers[:i] if k == kind)
+                        self.workers[i] = (kind, self._spawn(slot, None, kind))
                     except RuntimeError as exc:
                         log.error("%s", exc)
 

@@ -242,6 +242,97 @@ def test_real_server_renders_through_waitress_workers(served: PacsServer) -> Non
     assert "waitress worker processes" in served.log
 
 
+def _connections_per_process(root_pid: int, port: int) -> dict[int, int]:
+    """Established connections to ``port`` held by each process under ``root_pid`` (from /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED
+                inodes.add(fields[9])
+    children = {int(p) for p in Path(f"/proc/{root_pid}/task/{root_pid}/children").read_text().split()}
+    counts: dict[int, int] = {}
+    for pid in children:
+        n = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = fd.readlink().as_posix()
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                n += 1
+        if n:
+            counts[pid] = n
+    return counts
+
+
+def test_http_workers_share_new_connections(served: PacsServer) -> None:
+    """Four connections to two workers go two and two (each worker has one interpreter lock);
+    left to the race for accept(), three often landed on one process."""
+    import http.client
+
+    assert served.proc is not None
+    even = 0
+    for _ in range(6):
+        conns = []
+        for _ in range(4):  # one after another, as a browser opens them
+            conn = http.client.HTTPConnection("127.0.0.1", served.http_port, timeout=30)
+            conn.request("GET", "/login")
+            assert conn.getresponse().status == 200
+            conns.append(conn)
+        split = sorted(_connections_per_process(served.proc.pid, served.http_port).values())
+        assert sum(split) == 4
+        even += split == [2, 2]
+        for conn in conns:
+            conn.close()
+    # A busy machine may keep a worker from its accept() past ACCEPT_DEFER now and then.
+    assert even >= 4
+
+
+def test_balance_accepts_defers_to_a_less_busy_sibling(monkeypatch: pytest.MonkeyPatch) -> None:
+    from waitress.channel import HTTPChannel
+
+    import pacs.serve as serve
+
+    class FakeServer:
+        def __init__(self) -> None:
+            self._map: dict[int, object] = {}
+            self.accepted = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def handle_accept(self) -> None:
+            self.accepted += 1
+            self._map[self.accepted] = HTTPChannel.__new__(HTTPChannel)
+
+    clock = [100.0]
+    monkeypatch.setattr(serve.time, "monotonic", lambda: clock[0])
+    loads = [0, 0]
+    server = FakeServer()
+    serve.balance_accepts(server, loads, 0)
+    assert server.readable() and loads[0] == 0
+    server.handle_accept()  # level with the sibling: takes it
+    assert server.accepted == 1 and loads == [1, 0]
+    server.handle_accept()  # busier than the sibling: leaves it for a moment
+    clock[0] += serve.ACCEPT_DEFER / 2
+    server.handle_accept()
+    assert server.accepted == 1
+    clock[0] += serve.ACCEPT_DEFER  # nobody took it: takes it anyway
+    server.handle_accept()
+    assert server.accepted == 2 and loads == [2, 0]
+    loads[1] = 2  # the sibling is as busy: no wait
+    server.handle_accept()
+    assert server.accepted == 3 and loads[0] == 3
+    clock[0] += 60  # much later, busier again: a new connection gets a new wait
+    server.handle_accept()
+    assert server.accepted == 3
+
+
 # --------------------------------------------------------------------------- scrolling a series
 
 
