@@ -19,6 +19,10 @@ Example::
 
     .venv/bin/python scripts/bench_find.py --studies 100000 --runs 30
 
+``--floor`` adds a third column: the same ``findscu`` runs against a stand-in that replays,
+at once, the bytes our server sent for that query (:class:`ClientFloor`): what the client
+costs by itself on this machine, the floor under any server's figure.
+
 The machine it runs on is shared and noisy: to compare two versions, unpack the older one
 beside this one (``mkdir /tmp/before && git archive HEAD~1 | tar -x -C /tmp/before``) and pass
 ``--baseline /tmp/before``: both servers then answer the same index in turn, run by run, in the
@@ -31,9 +35,12 @@ import argparse
 import contextlib
 import os
 import random
+import socket
 import statistics
+import struct
 import subprocess
 import sys
+import threading
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -141,6 +148,121 @@ def findscu(port: int, keys: list[str]) -> tuple[float, int]:
     return elapsed, text.count("(Pending)")
 
 
+def _read_pdu(sock: socket.socket) -> bytes:
+    """One whole PDU (PS3.8 9.3.1: type, reserved, 4-byte big-endian length, body), or b''.
+
+    ACKs at once before each read, as our server does (``pacs.scp.fastfind``): findscu writes
+    a PDU's header and body in two writes with Nagle on, and the body would otherwise wait
+    for our delayed ACK (40 ms)."""
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    head = b""
+    while len(head) < 6:
+        if quickack is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        chunk = sock.recv(6 - len(head))
+        if not chunk:
+            return b""
+        head += chunk
+    body, want = [head], struct.unpack(">I", head[2:6])[0]
+    while want:
+        if quickack is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        chunk = sock.recv(min(want, 1 << 20))
+        if not chunk:
+            return b""
+        body.append(chunk)
+        want -= len(chunk)
+    return b"".join(body)
+
+
+def _ends_request(pdu: bytes) -> bool:
+    """A P-DATA-TF PDU whose last PDV is the last fragment of a data set (PS3.8 E.2)."""
+    pos, last = 6, 0
+    while pos + 6 <= len(pdu):
+        length = struct.unpack(">I", pdu[pos:pos + 4])[0]
+        last = pdu[pos + 5]
+        pos += 4 + length
+    return pdu[0] == 0x04 and last & 0x03 == 0x02
+
+
+class ClientFloor:
+    """What ``findscu`` costs by itself: a stand-in server that answers with bytes recorded
+    from the real one, at once (no query, no encoding, no Python DICOM stack).
+
+    :meth:`record` passes one ``findscu`` run through a proxy to the real server and keeps
+    what the server sent (A-ASSOCIATE-AC, every C-FIND response PDU, A-RELEASE-RP); the
+    listener then replays it to identical ``findscu`` runs: the answer to the association
+    request, all the responses in one write once the query has arrived, the release reply.
+    The figures it yields are the floor no server can go under on this machine and client.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answer: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def record(self, upstream: int, keys: list[str]) -> None:
+        proxy = socket.create_server(("127.0.0.1", 0))
+        seen: list[bytes] = []
+
+        def pump() -> None:
+            client, _ = proxy.accept()
+            server = socket.create_connection(("127.0.0.1", upstream))
+            for s in (client, server):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while True:
+                pdu = _read_pdu(client)
+                if not pdu:
+                    break
+                server.sendall(pdu)
+                if pdu[0] == 0x05 or pdu[0] == 0x01 or _ends_request(pdu):
+                    while True:  # the server's answers up to the one that ends this step
+                        reply = _read_pdu(server)
+                        seen.append(reply)
+                        client.sendall(reply)
+                        if not reply or reply[0] != 0x04 or _final_status(reply):
+                            break
+            client.close()
+            server.close()
+
+        thread = threading.Thread(target=pump, daemon=True)
+        thread.start()
+        findscu(proxy.getsockname()[1], keys)
+        thread.join(30)
+        proxy.close()
+        self.answer = [seen[0], b"".join(p for p in seen[1:-1]), seen[-1]]
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with conn:
+                step = 0
+                while (pdu := _read_pdu(conn)) and step < 3:
+                    if pdu[0] == 0x04 and not _ends_request(pdu):
+                        continue  # the query's command: its data set follows
+                    conn.sendall(self.answer[step])
+                    step += 1
+
+
+def _final_status(pdu: bytes) -> bool:
+    """A P-DATA-TF carrying a C-FIND-RSP command whose Status is not Pending (PS3.7 C.4.1.1)."""
+    pos = 6
+    while pos + 6 <= len(pdu):
+        length = struct.unpack(">I", pdu[pos:pos + 4])[0]
+        control, value = pdu[pos + 5], pdu[pos + 6:pos + 4 + length]
+        if control & 0x01:  # a command fragment, Implicit VR LE (PS3.7 6.3.1)
+            at = 0
+            while at + 8 <= len(value):
+                group, elem, vlen = struct.unpack("<HHI", value[at:at + 8])
+                if (group, elem) == (0x0000, 0x0900):
+                    return struct.unpack("<H", value[at + 8:at + 10])[0] not in (0xFF00, 0xFF01)
+                at += 8 + vlen
+        pos += 4 + length
+    return False
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
@@ -164,9 +286,14 @@ def bench(label: str, url: str, workdir: Path, args: argparse.Namespace) -> list
         ports = [(name, stack.enter_context(
             benchlib.pacs_server(workdir / f"data-{label}-{name or 'current'}", server_env)).dicom_port)
             for name, server_env in servers]
+        floor = ClientFloor() if args.floor else None
+        if floor is not None:
+            ports.append(("findscu alone", floor.port))
         for query, keys in QUERIES:
             times: dict[str, list[float]] = {name: [] for name, _ in ports}
             counts: dict[str, set[int]] = {name: set() for name, _ in ports}
+            if floor is not None:
+                floor.record(ports[-2][1], keys)
             for _name, port in ports:
                 findscu(port, keys)  # warm-up (connection pool, page cache)
             for _ in range(args.runs):
@@ -188,6 +315,9 @@ def main() -> int:
     parser.add_argument("--baseline", metavar="DIR",
                         help="also serve the index from the source tree DIR (put first on "
                              "PYTHONPATH) and alternate the two servers run by run")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time findscu against a stand-in that replays the answers "
+                             "recorded from our server at once: the client's own cost")
     args = parser.parse_args()
     workdir = benchlib.fresh_workdir("minipacs-bench-find-")
     rows: list[tuple[str, ...]] = []
