@@ -435,10 +435,10 @@ def _release_orphaned_imports() -> None:
     importing anything, so every lock held is an orphan."""
     import importlib._bootstrap as bootstrap  # CPython's import machinery
 
-    for table in ("_module_locks", "_blocking_on"):
-        locks = getattr(bootstrap, table, None)
-        if isinstance(locks, dict):
-            locks.clear()
+    for table in ("_module_locks", "_blocking_on"):  # dicts (or dict-like) in 3.11 to 3.13
+        clear = getattr(getattr(bootstrap, table, None), "clear", None)
+        if callable(clear):
+            clear()
     for name, module in list(sys.modules.items()):
         if getattr(getattr(module, "__spec__", None), "_initializing", False):
             del sys.modules[name]
