@@ -21,14 +21,15 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import (
-    Blueprint, Flask, current_app, g, redirect, render_template, render_template_string, request,
+    Blueprint, Flask, g, redirect, render_template, render_template_string, request,
     url_for,
 )
 from werkzeug.exceptions import Forbidden
 
 from pacs import __version__
-from pacs.store.users import UserInfo, Users
+from pacs.store.users import UserInfo
 from pacs.web.auth import can, require
+from pacs.web.services import users as _users
 from pacs.web.ui import _page_lang
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -78,10 +79,6 @@ onLangChange(() => location.reload());
 applyTexts();
 </script>{% endblock %}
 """
-
-
-def _users() -> Users:
-    return current_app.extensions["pacs"]["users"]  # type: ignore[no-any-return]
 
 
 def _aware(value: datetime) -> datetime:

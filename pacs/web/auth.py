@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pacs.errors import StorageUnavailable
 from pacs.store.users import AuthFailed, UserInfo, Users
+from pacs.web.services import users
 
 bp = Blueprint("auth", __name__)
 
@@ -105,10 +106,6 @@ TEXT = {
     "vi": {"title": "Đăng nhập", "user": "Tên đăng nhập", "password": "Mật khẩu", "submit": "Đăng nhập",
            "failed": "Sai tên đăng nhập hoặc mật khẩu, hoặc tài khoản đang bị khóa. Vui lòng thử lại sau."},
 }
-
-
-def users() -> Users:
-    return current_app.extensions["pacs"]["users"]  # type: ignore[no-any-return]
 
 
 def client_address() -> str:

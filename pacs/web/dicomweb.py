@@ -23,17 +23,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from flask import Blueprint, Flask, Response, abort, current_app, request
+from flask import Blueprint, Flask, Response, abort, request
 from pydicom import dcmread
 from pydicom.encaps import get_frame
 from pydicom.uid import UID
 from sqlalchemy import func, select
 
-from pacs.config import Settings
 from pacs.dicom import InstanceKeys
 from pacs.dicomjson import MEDIA_TYPE as DICOM_JSON
 from pacs.errors import DuplicateConflict, InvalidInstance, NotFound, StorageUnavailable
-from pacs.frames import FrameSource
 from pacs.ingest import IngestService, Origin, Outcome
 from pacs.multipart import MultipartError, Part, encode, new_boundary, parse_media_type, scan
 from pacs.pixeldata import NATIVE_TARGETS, ConversionError, FrameMap, frame_bytes, native_frame, to_native
@@ -41,7 +39,7 @@ from pacs.qido import Search, parse, result_json
 from pacs.render import MAX_VIEWPORT, Viewport, Window
 from pacs.render import encode as encode_image
 from pacs.store.blobs import CHUNK, BlobStore
-from pacs.store.index import Index, InstanceRecord
+from pacs.store.index import InstanceRecord
 from pacs.store.metadata import Cached, Document, Entry, MetadataCache, absolute
 from pacs.store.models import Instance, Series, Study
 from pacs.store.query import UNIQUE_KEY, Level, run_find
@@ -51,6 +49,11 @@ from pacs.wado import (
     choose_instance, frame_media_types, offers, stow_response,
 )
 from pacs.web.auth import require
+from pacs.web.services import blobs as _blobs
+from pacs.web.services import frames as _frames
+from pacs.web.services import index as _index
+from pacs.web.services import services as _pacs
+from pacs.web.services import settings as _settings
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +65,6 @@ SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 
 # -- services ---------------------------------------------------------------------------
-
-
-def _pacs() -> dict[str, Any]:
-    return current_app.extensions["pacs"]  # type: ignore[no-any-return]
-
-
-def _settings() -> Settings:
-    return _pacs()["settings"]  # type: ignore[no-any-return]
-
-
-def _index() -> Index:
-    return _pacs()["index"]  # type: ignore[no-any-return]
-
-
-def _blobs() -> BlobStore:
-    return _pacs()["blobs"]  # type: ignore[no-any-return]
-
-
-def _frames() -> FrameSource:
-    return _pacs()["frames"]  # type: ignore[no-any-return]
 
 
 def _cache() -> MetadataCache:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, request
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
 from pacs.errors import NotFound
-from pacs.frames import FrameSource
 from pacs.render import BadRenderRequest, Viewport, Window
 from pacs.store.index import InstanceRecord
+from pacs.web.services import frames as source
 
 bp = Blueprint("rendered", __name__)
 
@@ -37,10 +37,6 @@ THUMBNAIL_SIZE = 128
 #: Instances never change in place (a replaced instance gets a new blob and so a new ETag),
 #: so a browser may keep a render for good. ``private``: it is patient data, never for shared caches.
 CACHE_CONTROL = "private, max-age=31536000, immutable"
-
-
-def source() -> FrameSource:
-    return current_app.extensions["pacs"]["frames"]  # type: ignore[no-any-return]
 
 
 #: Accept values already negotiated (a viewer sends the same one or two all the time).

@@ -60,22 +60,25 @@ from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
 
 from pacs import __version__
-from pacs.config import Settings
 from pacs.deid import Deidentifier
 from pacs.dicomjson import MEDIA_TYPE as DICOM_JSON
 from pacs.errors import NotFound
 from pacs.export import study_zip
-from pacs.frames import FrameSource
 from pacs.multipart import Part
 from pacs.services import open_shares
 from pacs.store.index import Index, InstanceRecord
 from pacs.store.models import Patient, Study
-from pacs.store.shares import Note, PinRequired, Share, ShareError, ShareGone, Shares
-from pacs.store.users import Users
+from pacs.store.shares import Note, PinRequired, Share, ShareError, ShareGone
 from pacs.store.worklist import study_detail
 from pacs.wado import DICOM, choose_instance
 from pacs.web import dicomweb, rendered, ui
 from pacs.web.auth import UNSAFE, _csrf_ok, require
+from pacs.web.services import frames as _frames
+from pacs.web.services import index as _index
+from pacs.web.services import services as _pacs
+from pacs.web.services import settings as _settings
+from pacs.web.services import shares as _shares
+from pacs.web.services import users as _users
 
 bp = Blueprint("share", __name__, template_folder=str(ui.VIEWER_DIR / "templates"))
 
@@ -148,30 +151,6 @@ TEXT: dict[str, dict[str, str]] = {
 
 
 # -- services -----------------------------------------------------------------------------
-
-
-def _pacs() -> dict[str, Any]:
-    return current_app.extensions["pacs"]  # type: ignore[no-any-return]
-
-
-def _shares() -> Shares:
-    return _pacs()["shares"]  # type: ignore[no-any-return]
-
-
-def _index() -> Index:
-    return _pacs()["index"]  # type: ignore[no-any-return]
-
-
-def _frames() -> FrameSource:
-    return _pacs()["frames"]  # type: ignore[no-any-return]
-
-
-def _settings() -> Settings:
-    return _pacs()["settings"]  # type: ignore[no-any-return]
-
-
-def _users() -> Users:
-    return _pacs()["users"]  # type: ignore[no-any-return]
 
 
 def _share() -> Share:

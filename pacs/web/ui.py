@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from flask import (
-    Blueprint, abort, current_app, g, jsonify, render_template, request,
+    Blueprint, abort, g, jsonify, render_template, request,
     send_from_directory,
 )
 from numpy.typing import NDArray
@@ -38,11 +38,12 @@ from pydicom.valuerep import PersonName
 
 from pacs import __version__
 from pacs.errors import InvalidInstance, InvalidQuery, NotFound
-from pacs.frames import FrameSource
 from pacs.render import BadRenderRequest, ColorFrame, Frame, GrayFrame, finite_number
-from pacs.store.index import Index, InstanceRecord
-from pacs.store.users import Users
+from pacs.store.index import InstanceRecord
 from pacs.store.worklist import StudyDetail, WorklistQuery, latest_study, search, study_detail
+from pacs.web.services import frames as _source
+from pacs.web.services import index as _index
+from pacs.web.services import users as _users
 
 #: The browser side: ES modules, CSS and the page templates (no build step).
 VIEWER_DIR = Path(__file__).resolve().parents[2] / "viewer"
@@ -60,18 +61,6 @@ MAX_ITEMS = 50
 MAX_DEPTH = 4
 #: Parsed headers (no pixel data) kept in the frame cache for the tag browser and overlays.
 HEADER_BYTES_ESTIMATE = 64 * 1024
-
-
-def _source() -> FrameSource:
-    return current_app.extensions["pacs"]["frames"]  # type: ignore[no-any-return]
-
-
-def _index() -> Index:
-    return current_app.extensions["pacs"]["index"]  # type: ignore[no-any-return]
-
-
-def _users() -> Users:
-    return current_app.extensions["pacs"]["users"]  # type: ignore[no-any-return]
 
 
 # -- names ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import urllib.error
 import urllib.request
@@ -59,8 +60,9 @@ def broken_jpeg(tmp_path: Path) -> Path:
     return out
 
 
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
+@contextlib.contextmanager
+def app_holding(tmp_path: Path, files: list[Path]) -> Iterator[Flask]:
+    """An app on a fresh index and blob folder holding ``files``, and the radiologist binh."""
     settings = Settings(data_dir=tmp_path / "data", fsync=False, render_cache_mb=64)
     settings.data_dir.mkdir()
     index = Index(settings.resolved_database_url, fsync=False)
@@ -68,11 +70,19 @@ def app(tmp_path: Path) -> Iterator[Flask]:
     blobs = FilesystemBlobStore(settings.resolved_blob_dir, fsync=False)
     Users(index).add("binh", "long password", "radiologist")
     ingest = IngestService(blobs, index)
-    for path in sorted(SAMPLES.rglob("*.dcm")) + [broken_jpeg(tmp_path)]:
+    for path in files:
         ingest.store(path.read_bytes(), Origin("import"))
     ingest.close()
-    yield create_app(settings, index, blobs, test_config={"TESTING": True})
-    index.dispose()
+    try:
+        yield create_app(settings, index, blobs, test_config={"TESTING": True})
+    finally:
+        index.dispose()
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    with app_holding(tmp_path, sorted(SAMPLES.rglob("*.dcm")) + [broken_jpeg(tmp_path)]) as app:
+        yield app
 
 
 @pytest.fixture
@@ -344,18 +354,8 @@ def ct_app(tmp_path: Path) -> Iterator[tuple[Flask, list[Path]]]:
     folder = tmp_path / "ct"
     assert make_ct_series.main(["--out", str(folder), "--slices", "16"]) == 0
     files = sorted(folder.glob("*.dcm"))
-    settings = Settings(data_dir=tmp_path / "data", fsync=False, render_cache_mb=64)
-    settings.data_dir.mkdir()
-    index = Index(settings.resolved_database_url, fsync=False)
-    index.migrate()
-    blobs = FilesystemBlobStore(settings.resolved_blob_dir, fsync=False)
-    Users(index).add("binh", "long password", "radiologist")
-    ingest = IngestService(blobs, index)
-    for path in files:
-        ingest.store(path.read_bytes(), Origin("import"))
-    ingest.close()
-    yield create_app(settings, index, blobs, test_config={"TESTING": True}), files
-    index.dispose()
+    with app_holding(tmp_path, files) as app:
+        yield app, files
 
 
 @pytest.mark.parametrize("kind", ["image/jpeg", "image/png"])
