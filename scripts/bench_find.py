@@ -23,6 +23,13 @@ Example::
 at once, the bytes our server sent for that query (:class:`ClientFloor`): what the client
 costs by itself on this machine, the floor under any server's figure.
 
+``--server-side`` adds a table of what the server alone costs, with a client that costs
+almost nothing (:class:`RawClient`: the PDUs ``findscu`` sent, replayed from Python over a
+socket): time to the A-ASSOCIATE-AC, from the request to the first answer and to the final
+response, the release, and the server's CPU per query (all its processes, from ``/proc``).
+``findscu`` itself reads the answers more slowly than the server sends them, so these are
+the figures that show a change on the server's side.
+
 The machine it runs on is shared and noisy: to compare two versions, unpack the older one
 beside this one (``mkdir /tmp/before && git archive HEAD~1 | tar -x -C /tmp/before``) and pass
 ``--baseline /tmp/before``: both servers then answer the same index in turn, run by run, in the
@@ -44,6 +51,9 @@ import threading
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -246,6 +256,76 @@ class ClientFloor:
                     step += 1
 
 
+class RawClient:
+    """The server's own costs: ``findscu``'s request PDUs, recorded once through a proxy,
+    replayed from here over a socket (no process start, no dictionary, no printing)."""
+
+    PHASES = ("association", "first answer", "all answers", "release", "server CPU")
+
+    def __init__(self, port: int, keys: list[str]) -> None:
+        self.port = port
+        self.requests: list[bytes] = []
+        proxy = socket.create_server(("127.0.0.1", 0))
+
+        def pump() -> None:
+            client, _ = proxy.accept()
+            server = socket.create_connection(("127.0.0.1", port))
+            for s in (client, server):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while pdu := _read_pdu(client):
+                self.requests.append(pdu)
+                server.sendall(pdu)
+                if pdu[0] in (0x01, 0x05) or _ends_request(pdu):
+                    while True:
+                        reply = _read_pdu(server)
+                        client.sendall(reply)
+                        if not reply or reply[0] != 0x04 or _final_status(reply):
+                            break
+            client.close()
+            server.close()
+
+        thread = threading.Thread(target=pump, daemon=True)
+        thread.start()
+        findscu(proxy.getsockname()[1], keys)
+        thread.join(30)
+        proxy.close()
+
+    def run(self) -> tuple[float, float, float, float]:
+        """One association: ms to the A-ASSOCIATE-AC, from the query to its first answer,
+        to its final response, and for the release."""
+        with socket.create_connection(("127.0.0.1", self.port)) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            t0 = time.perf_counter()
+            s.sendall(self.requests[0])
+            _read_pdu(s)
+            t1 = time.perf_counter()
+            s.sendall(b"".join(self.requests[1:-1]))
+            first = None
+            while True:
+                reply = _read_pdu(s)
+                if not reply:
+                    raise RuntimeError("the server closed the association during the query")
+                first = first or time.perf_counter()
+                if _final_status(reply):
+                    break
+            t2 = time.perf_counter()
+            s.sendall(self.requests[-1])
+            _read_pdu(s)
+            t3 = time.perf_counter()
+        return (t1 - t0) * 1e3, (first - t1) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds used so far by the server process ``pid`` and its children."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 def _final_status(pdu: bytes) -> bool:
     """A P-DATA-TF carrying a C-FIND-RSP command whose Status is not Pending (PS3.7 C.4.1.1)."""
     pos = 6
@@ -268,7 +348,9 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
 
 
-def bench(label: str, url: str, workdir: Path, args: argparse.Namespace) -> list[tuple[str, ...]]:
+def bench(label: str, url: str, workdir: Path, args: argparse.Namespace
+          ) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """The findscu rows, and (``--server-side``) the server-side rows, for one index."""
     t0 = time.perf_counter()
     fill(url, args.studies)
     print(f"{label}: filled {args.studies} studies in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -282,10 +364,12 @@ def bench(label: str, url: str, workdir: Path, args: argparse.Namespace) -> list
             [str(Path(args.baseline).resolve()), *filter(None, [env.get("PYTHONPATH")])]))
         servers = [("baseline", base_env), ("current", env)]
     rows: list[tuple[str, ...]] = []
+    inside: list[tuple[str, ...]] = []
     with contextlib.ExitStack() as stack:
-        ports = [(name, stack.enter_context(
-            benchlib.pacs_server(workdir / f"data-{label}-{name or 'current'}", server_env)).dicom_port)
+        running = [(name, stack.enter_context(
+            benchlib.pacs_server(workdir / f"data-{label}-{name or 'current'}", server_env)))
             for name, server_env in servers]
+        ports = [(name, srv.dicom_port) for name, srv in running]
         floor = ClientFloor() if args.floor else None
         if floor is not None:
             ports.append(("findscu alone", floor.port))
@@ -304,7 +388,32 @@ def bench(label: str, url: str, workdir: Path, args: argparse.Namespace) -> list
             for name, _ in ports:
                 rows.append((f"{label} {name}".strip(), query, "/".join(map(str, sorted(counts[name]))),
                              f"{statistics.median(times[name]):.1f}", f"{p95(times[name]):.1f}"))
-    return rows
+            if args.server_side:
+                inside += server_side(label, query, keys, running, args.runs)
+    return rows, inside
+
+
+def server_side(label: str, query: str, keys: list[str], running: list[tuple[str, Any]],
+                runs: int) -> list[tuple[str, ...]]:
+    """Medians of :meth:`RawClient.run` and the server CPU per query, servers alternated."""
+    clients = [(name, srv, RawClient(srv.dicom_port, keys)) for name, srv in running]
+    phases: dict[str, list[tuple[float, ...]]] = {name: [] for name, _, _ in clients}
+    cpu = {name: 0.0 for name, _, _ in clients}
+    for _ in range(max(runs, 50)):
+        for name, srv, client in clients:
+            before = server_cpu(srv.pid)
+            timings = client.run()
+            # The association thread may still be ending: its CPU counts for this query.
+            time.sleep(0.01)
+            cpu[name] += server_cpu(srv.pid) - before
+            phases[name].append(timings)
+    out = []
+    for name, _, _ in clients:
+        n = len(phases[name])
+        medians = [statistics.median(col) for col in zip(*phases[name])]
+        out.append((f"{label} {name}".strip(), query, *(f"{m:.2f}" for m in medians),
+                    f"{cpu[name] / n * 1000:.1f}"))
+    return out
 
 
 def main() -> int:
@@ -318,22 +427,35 @@ def main() -> int:
     parser.add_argument("--floor", action="store_true",
                         help="also time findscu against a stand-in that replays the answers "
                              "recorded from our server at once: the client's own cost")
+    parser.add_argument("--server-side", action="store_true",
+                        help="also time the server alone, with a raw-socket client replaying "
+                             "findscu's request, and its CPU per query")
     args = parser.parse_args()
     workdir = benchlib.fresh_workdir("minipacs-bench-find-")
     rows: list[tuple[str, ...]] = []
+    server_rows: list[tuple[str, ...]] = []
     for backend in args.backends.split(","):
         with contextlib.ExitStack() as stack:
             if backend == "sqlite":
                 url = f"sqlite:///{workdir / 'index.sqlite'}"
             else:
                 url = stack.enter_context(benchlib.embedded_postgres(workdir / "pg", "pacs")).url
-            rows += bench(backend, url, workdir, args)
+            found, inside = bench(backend, url, workdir, args)
+            rows += found
+            server_rows += inside
     print(f"\nSTUDY-level C-FIND, {args.studies:,} studies, {args.runs} runs each, "
           "findscu process start included (ms)\n")
     print("| index | query | answers | median | p95 |")
     print("|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    if server_rows:
+        print("\nThe server alone (a raw-socket client replays findscu's request; medians in ms, "
+              "CPU of all server processes per query in ms)\n")
+        print("| index | query | " + " | ".join(RawClient.PHASES) + " |")
+        print("|---|---|" + "---|" * len(RawClient.PHASES))
+        for r in server_rows:
+            print("| " + " | ".join(r) + " |")
     return 0
 
 

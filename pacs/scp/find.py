@@ -30,7 +30,7 @@ from pacs.config import Settings
 from pacs.errors import InvalidQuery, StorageUnavailable
 from pacs.scp import fastfind
 from pacs.store.index import Index
-from pacs.store.query import FindQuery, Model, run_find
+from pacs.store.query import FindQuery, FindStream, Model
 
 log = logging.getLogger(__name__)
 
@@ -168,34 +168,54 @@ def handle_find(
     limit = settings.find_limit or None
     try:
         query = FindQuery.parse(level, model, keys)
-        result = run_find(index.engine, query, limit=limit)
+        rows = FindStream(index.engine, query, limit=limit)
     except InvalidQuery as exc:
         code = IDENTIFIER_MISMATCH if exc.structural else UNABLE_TO_PROCESS
         tag = _tag_of(exc.keyword)
         log.warning("C-FIND from %s refused (0x%04X): %s", peer, code, exc)
         yield _failure(code, str(exc), tag), None
         return
+    # Rows are answered as the index produces them (FindStream): the SCU reads the first
+    # answers while the database is still computing the rest. One plan per request, made
+    # from the first row, encodes each answer straight from its row; the writer sends them
+    # a few per write (fastfind.AnswerWriter). An answer the plan or the writer cannot take
+    # is yielded to pynetdicom (pydicom-encoded, fragmented if need be) after what was
+    # written, and the rest follow it that way, so the order never changes.
+    plan: fastfind.IdentifierPlan | None = None
+    writer = fastfind.AnswerWriter.for_event(event)
+    try:
+        for row in rows:
+            # C-CANCEL (PS3.7 9.3.2.3): stop between answers and end with Cancel.
+            if event.is_cancelled:
+                if writer is not None:
+                    writer.flush()
+                log.info("C-FIND from %s cancelled after %d answer(s)", peer, rows.count - 1)
+                yield CANCEL, None
+                return
+            if rows.count == 1:
+                plan = fastfind.IdentifierPlan.build(identifier, row, level, settings.ae_title)
+            if writer is not None:
+                data = plan.encode_or_none(row, writer.explicit) if plan is not None else None
+                if data is not None and writer.add(data):
+                    continue
+                writer.flush()
+                writer = None
+            if plan is None:
+                yield PENDING, answer(identifier, row, level, settings)
+            else:
+                yield PENDING, plan.answer(row, partial(answer, identifier, row, level, settings))
     except StorageUnavailable as exc:
+        # Before any answer, or part-way (PS3.4 C.4.1.1.4: a failure may follow pendings).
+        if writer is not None:
+            writer.flush()
         log.error("C-FIND from %s: %s", peer, exc)
         yield _failure(OUT_OF_RESOURCES, "index unavailable, retry later"), None
         return
-    log.info("C-FIND %s %s from %s: %d match(es)%s", model.value, level, peer, len(result.rows),
-             " (truncated)" if result.more else "")
-    # One plan per request; each answer is encoded from its row in the negotiated transfer
-    # syntax when pynetdicom sends it. No plan (an unusual key): pydicom Datasets as before.
-    plan = (fastfind.IdentifierPlan.build(identifier, result.rows[0], level, settings.ae_title)
-            if result.rows else None)
-    for row in result.rows:
-        # C-CANCEL (PS3.7 9.3.2.3): stop between answers and end with Cancel.
-        if event.is_cancelled:
-            log.info("C-FIND from %s cancelled", peer)
-            yield CANCEL, None
-            return
-        if plan is None:
-            yield PENDING, answer(identifier, row, level, settings)
-        else:
-            yield PENDING, plan.answer(row, partial(answer, identifier, row, level, settings))
-    if result.more:
+    if writer is not None:
+        writer.flush()  # before pynetdicom's final response
+    log.info("C-FIND %s %s from %s: %d match(es)%s", model.value, level, peer, rows.count,
+             " (truncated)" if rows.more else "")
+    if rows.more:
         # The first find_limit matches were answered; the final status stays Success.
         # PS3.4's "response limit reached" warning (0xB001) would be the natural final
         # status, but pynetdicom 3.0.4 treats a warning from a C-FIND handler as non-final

@@ -345,7 +345,11 @@ def test_scu_receives_the_same_answers_in_one_pdu_or_fragmented(scp: Any, sent: 
     big = _answers(_scu_find(port, syntax, 0, KEYS))
     assert set(big) == {S1, S2, S3, S4, S5}
     reference = _answers(_scu_find(port, ImplicitVRLittleEndian, 0, KEYS))
-    assert sent == {"direct": 12, "pynetdicom": 0, "queued": 0}  # 2 x (5 answers + final): 1 PDU each
+    # Little endian, not deflated: the handler writes the answers itself (AnswerWriter): the
+    # first at once, the other four in one write, then pynetdicom's final response: 3 writes.
+    # Otherwise pynetdicom sends each answer and the final, one PDU each (_send_msg): 6.
+    writes = 3 if syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian) else 6
+    assert sent == {"direct": writes + 3, "pynetdicom": 0, "queued": 0}
     a = big[S1]
     assert str(a.PatientName) == "Nguyễn^Văn An" and a.StudyDescription == "CT ngực"
     assert list(a.ModalitiesInStudy) == ["CT", "SR"] and int(a.NumberOfStudyRelatedInstances) == 4
@@ -358,6 +362,23 @@ def test_scu_receives_the_same_answers_in_one_pdu_or_fragmented(scp: Any, sent: 
         return {u: [(e.tag, e.VR, e.value) for e in ds] for u, ds in answers.items()}
 
     assert values(small) == values(big) == values(reference)
+
+
+@pytest.mark.parametrize("batch", [1, 400, 1 << 20])
+def test_answers_written_in_batches_arrive_whole_and_in_order(scp: Any, sent: dict[str, int],
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               batch: int) -> None:
+    """However the writer groups its PDUs into writes, the SCU reads the same answers in the
+    order of the rows, then the final status; one write per answer with batch 1."""
+    reference = _scu_find(scp.server_address[1], ImplicitVRLittleEndian, 0, KEYS)
+    monkeypatch.setattr(fastfind.AnswerWriter, "batch_bytes", batch)
+    sent.update(direct=0)
+    results = _scu_find(scp.server_address[1], ImplicitVRLittleEndian, 0, KEYS)
+    assert [s for s, _ in results] == [0xFF00] * 5 + [0x0000]
+    order = [str(ds.StudyInstanceUID) for s, ds in results if s == 0xFF00]
+    assert order == [str(ds.StudyInstanceUID) for s, ds in reference if s == 0xFF00]
+    assert _answers(results).keys() == _answers(reference).keys()
+    assert sent["direct"] == {1: 6, 400: 4, 1 << 20: 3}[batch]
 
 
 def test_dimse_listeners_get_pynetdicoms_path(scp: Any, sent: dict[str, int]) -> None:

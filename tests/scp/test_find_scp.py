@@ -210,6 +210,48 @@ def test_cancel_between_answers(tmp_path: Path) -> None:
     index.dispose()
 
 
+def test_index_lost_part_way_ends_with_out_of_resources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers stream from the index (FindStream): a failure after some pendings ends the
+    C-FIND with 0xA700 (PS3.4 C.4.1.1.4), not an exception in pynetdicom's loop."""
+    from types import SimpleNamespace
+
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+    from pacs.config import Settings
+    from pacs.errors import StorageUnavailable
+    from pacs.ingest import IngestService, Origin
+    from pacs.scp import find as find_module
+    from pacs.store.blobs import FilesystemBlobStore
+    from pacs.store.index import Index
+    from tests.test_dicom import part10
+
+    index = Index(f"sqlite:///{tmp_path / 'i.sqlite'}", fsync=False)
+    index.migrate()
+    ingest = IngestService(FilesystemBlobStore(tmp_path / "b", fsync=False), index)
+    for ds in datasets():
+        ingest.store(part10(ds), Origin("import"))
+
+    class Failing(find_module.FindStream):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for n, row in enumerate(super().__iter__()):
+                if n == 2:
+                    raise StorageUnavailable("index database unavailable: gone")
+                yield row
+
+    monkeypatch.setattr(find_module, "FindStream", Failing)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    event = SimpleNamespace(
+        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="T", address="x")),
+        request=SimpleNamespace(AffectedSOPClassUID=StudyRootQueryRetrieveInformationModelFind),
+        is_cancelled=False, identifier=identifier)
+    out = list(find_module.handle_find(event, index, Settings()))  # type: ignore[arg-type]
+    assert [s for s, _ in out[:2]] == [0xFF00, 0xFF00]
+    assert len(out) == 3 and out[2][0].Status == 0xA700 and out[2][1] is None
+    index.dispose()
+
+
 def test_result_limit(request: pytest.FixtureRequest, backend: str, tmp_path: Path,
                       dcmtk: DcmtkTools) -> None:
     env = backend_env(request, backend) | {"PACS_FIND_LIMIT": "2"}

@@ -11,7 +11,7 @@ from pacs.errors import InvalidQuery
 from pacs.ingest import IngestService, Origin
 from pacs.store.blobs import FilesystemBlobStore
 from pacs.store.index import Index
-from pacs.store.query import FindQuery, Level, Model, run_find
+from pacs.store.query import FindQuery, FindStream, Level, Model, run_find
 from tests.fixtures.find_data import (
     S1, S2, S3, S4, S5, SE1, SE2, SE3, datasets, instance_uid,
 )
@@ -234,6 +234,42 @@ def test_limit_and_offset(index: Index) -> None:
     assert sorted(seen) == sorted([S1, S2, S3, S4, S5])
     exact = run_find(index.engine, q, limit=5)
     assert len(exact.rows) == 5 and not exact.more
+
+
+def test_stream_reads_the_first_rows_one_by_one_then_hands_the_connection_back(index: Index) -> None:
+    """FindStream: the first answers leave before the query is done; a slow peer then
+    holds no connection (the rest was fetched at once)."""
+    q = FindQuery.parse("STUDY", SR, {})
+    pool = index.engine.pool
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    stream = FindStream(index.engine, q, stream_first=2)
+    rows = iter(stream)
+    got = [next(rows), next(rows)]
+    assert pool.checkedout() == 1  # type: ignore[attr-defined]  # still stepping the cursor
+    got.append(next(rows))
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]  # the rest came in one fetch
+    got += list(rows)
+    assert got == run_find(index.engine, q).rows
+    assert stream.count == 5 and not stream.more
+
+
+@pytest.mark.parametrize("stream_first", [0, 1, 16])
+def test_stream_limit_tells_whether_there_were_more(index: Index, stream_first: int) -> None:
+    q = FindQuery.parse("STUDY", SR, {})
+    cut = FindStream(index.engine, q, limit=2, stream_first=stream_first)
+    assert len(list(cut)) == 2 and cut.more and cut.count == 2
+    exact = FindStream(index.engine, q, limit=5, stream_first=stream_first)
+    assert len(list(exact)) == 5 and not exact.more
+    assert index.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_stream_closed_early_returns_its_connection(index: Index) -> None:
+    """A cancelled C-FIND stops reading: the generator's close gives the connection back."""
+    rows = iter(FindStream(index.engine, FindQuery.parse("STUDY", SR, {}), stream_first=16))
+    next(rows)
+    assert index.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    rows.close()  # type: ignore[attr-defined]
+    assert index.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 def test_unknown_and_lower_level_keys_are_not_matched(index: Index) -> None:
