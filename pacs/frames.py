@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import io
 import logging
 import os
 import pickle
@@ -30,6 +31,7 @@ import struct
 import sys
 import threading
 import time
+import warnings
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,7 +39,10 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from pacs.errors import NotFound, PacsError
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from pacs.errors import InvalidInstance, NotFound, PacsError
 from pacs.render import (
     Frame,
     Instance,
@@ -62,6 +67,8 @@ RANGED_THRESHOLD = 16 * 1024 * 1024
 HEADER_READ = 64 * 1024
 #: A header still not parsed at this size is not worth ranging: the blob is read whole.
 HEADER_LIMIT = 64 * 1024 * 1024
+#: What a parsed header (pydicom Dataset) counts for in the cache, roughly.
+HEADER_BYTES_ESTIMATE = 64 * 1024
 #: Read size while walking fragment item headers (PS3.5 A.4) of small fragments.
 WALK_CHUNK = 64 * 1024
 #: Images rendered ahead of a viewer scrolling through a series (or a cine through frames).
@@ -361,6 +368,39 @@ def open_ranged(blobs: BlobStore, key: str, size: int,
     else:
         layout = _native_layout(inst, size)
     return inst.with_reader(RangedFrames(blobs, key, layout)), inst.nbytes() + layout.nbytes()
+
+
+def read_header(blobs: BlobStore, key: str, size: int, header_read: int = HEADER_READ) -> Dataset:
+    """The instance's header (every element before Pixel Data) as a pydicom ``Dataset``,
+    from ranged reads of the first bytes: a 300 MB cine's tags are in its first kilobytes.
+
+    The prefix doubles until pydicom stops *at* Pixel Data (``stop_before_pixels`` leaves
+    the stream on its tag) or the whole blob has been read (no pixel data: a report, a
+    waveform). Raises :class:`~pacs.errors.InvalidInstance` for a file pydicom cannot read.
+    """
+    if size <= 0:
+        size = blobs.size(key)
+    prefix = blobs.get_range(key, 0, min(header_read, size))
+    while True:
+        whole = len(prefix) >= size or len(prefix) >= HEADER_LIMIT
+        if whole and len(prefix) < size:
+            prefix = blobs.get(key)
+        stream = io.BytesIO(prefix)
+        try:
+            with warnings.catch_warnings():
+                if not whole:  # a prefix cut inside an element: pydicom warns, we read more
+                    warnings.simplefilter("ignore")
+                ds = dcmread(stream, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises many types for malformed input
+            if whole:
+                raise InvalidInstance(f"not a readable DICOM Part 10 file: {exc}") from exc
+        else:
+            if whole or stream.tell() < len(prefix):
+                return ds
+        more = blobs.get_range(key, len(prefix), min(len(prefix), size - len(prefix)))
+        if not more:
+            raise InvalidInstance("the blob is shorter than its recorded size")
+        prefix += more
 
 
 # --------------------------------------------------------------------------- frame source
@@ -702,6 +742,13 @@ class FrameSource:
                 return inst, nbytes
         inst = Instance.from_bytes(self.blobs.get(rec.blob_key))
         return inst, inst.nbytes()
+
+    def header(self, rec: InstanceRecord) -> Dataset:
+        """The instance's header without pixel data (:func:`read_header`), parsed once per
+        blob and kept in the bounded cache (for the overlays and the tag browser)."""
+        return self._once(("h", rec.blob_key),  # type: ignore[no-any-return]
+                          lambda: (read_header(self.blobs, rec.blob_key, rec.size, self.header_read),
+                                   HEADER_BYTES_ESTIMATE))
 
     def instance(self, rec: InstanceRecord) -> Instance:
         """The parsed instance: whole, or header and frame map only when the blob is big."""

@@ -41,7 +41,7 @@ from pydicom.uid import (
 )
 
 from pacs.errors import InvalidInstance
-from pacs.frames import HEADER_READ, RANGED_THRESHOLD, FrameSource, open_ranged
+from pacs.frames import HEADER_READ, RANGED_THRESHOLD, FrameSource, open_ranged, read_header
 from pacs.render import GrayFrame, Instance, NotRangeable, Window
 from pacs.store.blobs import BlobStore, FilesystemBlobStore
 from pacs.store.index import Index, InstanceRecord
@@ -816,3 +816,72 @@ def test_a_stuck_render_ahead_child_is_killed_and_replaced(monkeypatch: pytest.M
         time.sleep(0.05)
     else:
         raise AssertionError("the stuck child is still running")
+
+
+# --------------------------------------------------------------------------- headers by ranges
+
+
+def _elements(ds: Dataset) -> list[tuple[Any, str, str]]:
+    meta = list(getattr(ds, "file_meta", None) or [])
+    return [(e.tag, e.VR, repr(e.value)) for e in [*meta, *ds]]
+
+
+@pytest.mark.parametrize("path", list(_files()))
+@pytest.mark.parametrize("first", [256, HEADER_READ])
+def test_header_by_ranges_is_the_header_pydicom_reads(path: Path, first: int,
+                                                      fs_store: CountingStore) -> None:
+    """Every element before Pixel Data, as pydicom reads it from the whole file, whether the
+    first read holds the header (64 KiB) or has to grow (256 bytes)."""
+    from pydicom import dcmread
+
+    raw = path.read_bytes()
+    rec = stored(fs_store, "h", raw)
+    header = read_header(fs_store, rec.blob_key, rec.size, first)
+    assert _elements(header) == _elements(dcmread(path, stop_before_pixels=True))
+    assert "PixelData" not in header
+    assert fs_store.calls["get"] == 0 or len(raw) <= first
+
+
+def test_the_header_of_a_big_cine_costs_its_first_bytes_only(cine: Generated,
+                                                             fs_store: CountingStore) -> None:
+    """The tag browser and the overlays of a 19.7 MB cine: the header, not the blob."""
+    rec = stored(fs_store, "cine", cine.raw)
+    src = FrameSource(NO_INDEX, fs_store, 256 * MB)
+    header = src.header(rec)
+    assert len(header.PerFrameFunctionalGroupsSequence) == CINE_FRAMES
+    pixel_offset = Instance.from_bytes(cine.raw).pixel_offset
+    assert fs_store.calls["get"] == 0
+    assert fs_store.bytes_read == _first_read(pixel_offset) < len(cine.raw) / 50
+    fs_store.reset()
+    assert src.header(rec) is header and fs_store.bytes_read == 0  # kept in the cache
+
+
+def test_a_header_without_pixel_data_is_read_to_its_end(fs_store: CountingStore) -> None:
+    """A report has no Pixel Data for pydicom to stop at: the whole (small) blob is the header."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
+    ds.PatientName = "Trần^Thị Bình"
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.TextValue = "x" * 5000
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    from io import BytesIO
+
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    rec = stored(fs_store, "sr", out.getvalue())
+    header = read_header(fs_store, rec.blob_key, rec.size, 512)
+    assert header.TextValue == "x" * 5000 and str(header.PatientName) == "Trần^Thị Bình"
+
+
+@pytest.mark.parametrize("raw, size", [
+    (np.random.default_rng(5).integers(0, 256, 300_000).astype(np.uint8).tobytes(), None),
+    (b"", 4096),  # the index says 4 KiB, the blob is empty
+])
+def test_an_unreadable_header_is_invalid(fs_store: CountingStore, raw: bytes, size: int | None) -> None:
+    rec = stored(fs_store, "bad", raw)
+    with pytest.raises(InvalidInstance):
+        read_header(fs_store, rec.blob_key, size or rec.size, 1024)

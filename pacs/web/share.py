@@ -63,6 +63,7 @@ from pacs import __version__
 from pacs.deid import Deidentifier
 from pacs.dicomjson import MEDIA_TYPE as DICOM_JSON
 from pacs.errors import NotFound
+from pacs.frames import HEADER_BYTES_ESTIMATE
 from pacs.export import study_zip
 from pacs.multipart import Part
 from pacs.services import open_shares
@@ -419,7 +420,7 @@ def _deid_header(share: Share, rec: InstanceRecord) -> Dataset:
     ds = src.cache.get(key)
     if ds is None:
         ds = Deidentifier(share.uid_salt).dataset(copy.deepcopy(ui._header(rec)))
-        src.cache.put(key, ds, ui.HEADER_BYTES_ESTIMATE)
+        src.cache.put(key, ds, HEADER_BYTES_ESTIMATE)
     return ds  # type: ignore[no-any-return]
 
 

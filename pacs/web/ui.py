@@ -20,7 +20,6 @@ event: who, which study (UID), when, from where. Patient names never go to the l
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from flask import (
     send_from_directory,
 )
 from numpy.typing import NDArray
-from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
@@ -60,7 +58,6 @@ MAX_TEXT = 1024
 MAX_ITEMS = 50
 MAX_DEPTH = 4
 #: Parsed headers (no pixel data) kept in the frame cache for the tag browser and overlays.
-HEADER_BYTES_ESTIMATE = 64 * 1024
 
 
 # -- names ------------------------------------------------------------------------------
@@ -183,17 +180,8 @@ def api_study(study: str) -> Any:
 
 
 def _header(rec: InstanceRecord) -> Dataset:
-    """The instance's header without pixel data, parsed once per blob (kept in the frame cache)."""
-    src = _source()
-    key = ("ui-header", rec.blob_key)
-    ds = src.cache.get(key)
-    if ds is None:
-        try:
-            ds = dcmread(io.BytesIO(src.blobs.get(rec.blob_key)), stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises many types for malformed input
-            raise InvalidInstance(f"not a readable DICOM Part 10 file: {exc}") from exc
-        src.cache.put(key, ds, HEADER_BYTES_ESTIMATE)
-    return ds
+    """The instance's header without pixel data: its first bytes only, parsed once per blob."""
+    return _source().header(rec)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
