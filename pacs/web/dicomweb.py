@@ -180,23 +180,37 @@ def _count(search: Search) -> int:
 
 
 def _merge_cached(out: list[dict[str, Any]], rows: list[dict[str, Any]], search: Search) -> None:
-    """Add includefield attributes the index does not hold from the metadata cache (instances only)."""
+    """Add includefield attributes the index does not hold from the metadata cache (instances only).
+
+    One cache query per series of the page, not per instance: an instance search in a
+    300-slice series with ``includefield=all`` is one query instead of 300. A series with a
+    single instance on the page is asked for that instance alone.
+    """
     cache = _cache()
-    for obj, row in zip(out, rows):
-        items = cache.listing(row["StudyInstanceUID"], row["SeriesInstanceUID"], row["SOPInstanceUID"])
-        if not items:
-            continue
-        (rec, entry), = cache.entries(items, _blobs())
-        if entry is None:
-            continue
-        cached = json.loads(absolute(entry.json_bytes(), instance_url(rec)))
-        wanted = cached.keys() if search.include_all else search.extra_fields
-        for tag in wanted:
-            if tag in cached and tag not in obj:
-                obj[tag] = cached[tag]
-        obj_sorted = dict(sorted(obj.items()))
-        obj.clear()
-        obj.update(obj_sorted)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for n, row in enumerate(rows):
+        groups.setdefault((row["StudyInstanceUID"], row["SeriesInstanceUID"]), []).append(n)
+    for (study, series), members in groups.items():
+        only = rows[members[0]]["SOPInstanceUID"] if len(members) == 1 else None
+        listed = {item.record.sop_instance_uid: item for item in cache.listing(study, series, only)}
+        for n in members:
+            item = listed.get(rows[n]["SOPInstanceUID"])
+            if item is not None:
+                _merge_one(out[n], item, search, cache)
+
+
+def _merge_one(obj: dict[str, Any], item: Cached, search: Search, cache: MetadataCache) -> None:
+    (rec, entry), = cache.entries([item], _blobs())
+    if entry is None:
+        return
+    cached = json.loads(absolute(entry.json_bytes(), instance_url(rec)))
+    wanted = cached.keys() if search.include_all else search.extra_fields
+    for tag in wanted:
+        if tag in cached and tag not in obj:
+            obj[tag] = cached[tag]
+    obj_sorted = dict(sorted(obj.items()))
+    obj.clear()
+    obj.update(obj_sorted)
 
 
 @bp.get(f"{ROOT}/studies")

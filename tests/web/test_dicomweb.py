@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -546,3 +547,31 @@ def test_json_bodies_are_valid_json(client: FlaskClient) -> None:
     for study in all_studies():
         text = get(client, f"/dicomweb/studies/{study}/metadata").get_data(as_text=True)
         json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {study}"))
+
+
+def test_includefield_asks_the_cache_once_per_series(client: FlaskClient,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An instance search with includefield: one metadata-cache query per series of the page
+    (the 30-frame US is one instance; the MR series have several), the same answers."""
+    from pacs.store.metadata import MetadataCache
+
+    calls: list[tuple[str, str | None, str | None]] = []
+    original = MetadataCache.listing
+
+    def listing(self: MetadataCache, study: str, series: str | None = None,
+                sop: str | None = None) -> Any:
+        calls.append((study, series, sop))
+        return original(self, study, series, sop)
+
+    everything = get(client, "/dicomweb/instances?includefield=all").get_json()
+    monkeypatch.setattr(MetadataCache, "listing", listing)
+    again = get(client, "/dicomweb/instances?includefield=all").get_json()
+    assert again == everything
+    per_series = Counter((tag(i, "0020000D"), tag(i, "0020000E")) for i in everything)
+    assert len(calls) == len(per_series) < len(everything)
+    assert all(c[2] is None for c in calls if per_series[(c[0], c[1])] > 1)
+    for obj in everything:  # the same as each instance asked for alone (one query for it)
+        st, se, sop = tag(obj, "0020000D"), tag(obj, "0020000E"), tag(obj, "00080018")
+        alone = get(client, f"/dicomweb/studies/{st}/series/{se}/instances"
+                            f"?SOPInstanceUID={sop}&includefield=all").get_json()
+        assert alone == [obj]
