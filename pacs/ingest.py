@@ -17,7 +17,7 @@ from pacs.config import DuplicatePolicy
 from pacs.dicom import InstanceKeys
 from pacs.errors import DuplicateConflict, InvalidInstance, StorageUnavailable
 from pacs.store.blobs import BlobInfo, BlobStore, new_blob_key
-from pacs.store.index import Index
+from pacs.store.index import CachedMetadata, Index
 from pacs.store.metadata import Entry, MetadataCache, build_entry
 
 log = logging.getLogger(__name__)
@@ -113,15 +113,16 @@ class IngestService:
 
         blob = pending.result()  # StorageUnavailable propagates: nothing indexed
         try:
+            # The cache row goes in with the instance row: one commit (one fsync) per instance.
             added = self.index.add_instance(
-                keys, blob, origin=origin.kind, calling_ae=origin.calling_ae
+                keys, blob, origin=origin.kind, calling_ae=origin.calling_ae,
+                metadata=None if entry is None else CachedMetadata(entry.dicom_json, entry.frames_text()),
             )
         except BaseException:
             self._discard(blob.key)
             raise
         if added.added:
             log.debug("stored %s %s (%d bytes, %s)", keys.sop_class_uid, uid, blob.size, origin)
-            self._cache(uid, blob.key, entry)
             return StoreResult(Outcome.STORED, keys, blob.key, blob.sha256, blob.size)
 
         # Already indexed (a re-send, or another association won the race): keep one copy.

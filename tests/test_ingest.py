@@ -5,7 +5,9 @@ Runs on SQLite and on a real PostgreSQL (``index_url``), with the filesystem blo
 
 from __future__ import annotations
 
+import json
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,47 @@ def test_concurrent_writers_same_instances(index_url: str, index: Index, blobs: 
     assert (c.patients, c.studies, c.series, c.instances) == (1, 1, 1, 10)
     assert len(list(blobs.keys())) == 10
     assert not verify(index, blobs).orphans
+
+
+def _metadata_rows(index: Index) -> list[tuple[str, bytes]]:
+    from sqlalchemy import text
+
+    with index.engine.connect() as conn:
+        return [(r[0], bytes(r[1])) for r in conn.execute(text(
+            "SELECT m.blob_key, m.dicom_json FROM instance_metadata m "
+            "JOIN instance i ON i.id = m.instance_pk"))]
+
+
+def test_the_metadata_cache_row_commits_with_the_instance(index: Index, blobs: FilesystemBlobStore) -> None:
+    """One commit per received instance: the cache row is written in the instance's transaction
+    (it used to be a second transaction, a second fsync)."""
+    from sqlalchemy import event
+
+    commits: list[int] = []
+
+    def count(conn: object) -> None:
+        commits.append(1)
+
+    event.listen(index.engine, "commit", count)
+    try:
+        stored = IngestService(blobs, index).store(ct_bytes(), ORIGIN)
+    finally:
+        event.remove(index.engine, "commit", count)
+    assert stored.outcome is Outcome.STORED
+    assert len(commits) == 1
+    [(key, dicom_json)] = _metadata_rows(index)
+    assert key == stored.blob_key
+    assert json.loads(zlib.decompress(dicom_json))["00080018"]["Value"] == [stored.keys.sop_instance_uid]
+
+
+def test_a_failing_metadata_row_does_not_fail_the_store(index: Index, blobs: FilesystemBlobStore,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache is derived data: its insert fails inside a SAVEPOINT, the instance is stored."""
+    from pacs.store import index as index_module
+
+    real = index_module.CachedMetadata
+    monkeypatch.setattr("pacs.ingest.CachedMetadata", lambda dicom_json, frames: real(None, frames))  # type: ignore[arg-type]
+    stored = IngestService(blobs, index).store(ct_bytes(), ORIGIN)
+    assert stored.outcome is Outcome.STORED
+    assert index.get_instance(stored.keys.sop_instance_uid) is not None
+    assert _metadata_rows(index) == []  # NOT NULL refused it; rebuilt from the blob on first use
