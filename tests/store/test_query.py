@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -270,6 +271,39 @@ def test_stream_closed_early_returns_its_connection(index: Index) -> None:
     assert index.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
     rows.close()  # type: ignore[attr-defined]
     assert index.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_stream_opens_no_transaction_and_leaves_the_connection_as_it_found_it(index: Index) -> None:
+    """On PostgreSQL the one SELECT runs in autocommit (psycopg sends no BEGIN, and no ROLLBACK
+    follows); the pooled connection then goes back to transactions for its next user. On
+    SQLite the index's own explicit-BEGIN setup (isolation_level None) stays untouched."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import QueuePool
+
+    postgres = index.engine.dialect.name == "postgresql"
+    engine = (create_engine(index.url, poolclass=QueuePool, pool_size=1, max_overflow=0)
+              if postgres else index.engine)
+
+    def mode(conn: Any) -> Any:
+        dbapi = conn.connection.dbapi_connection
+        return dbapi.autocommit if postgres else dbapi.isolation_level
+
+    seen: list[Any] = []
+
+    def executing(conn: Any, *_: Any) -> None:
+        seen.append(mode(conn))
+
+    event.listen(engine, "before_cursor_execute", executing)
+    try:
+        rows = list(FindStream(engine, FindQuery.parse("STUDY", SR, {}), stream_first=2))
+        assert len(rows) == 5
+        assert seen[-1] is (True if postgres else None)  # the stream's SELECT
+        with engine.connect() as conn:  # on PostgreSQL the same pooled connection (a pool of one)
+            assert mode(conn) is (False if postgres else None)
+    finally:
+        event.remove(engine, "before_cursor_execute", executing)
+        if engine is not index.engine:
+            engine.dispose()
 
 
 def test_unknown_and_lower_level_keys_are_not_matched(index: Index) -> None:
