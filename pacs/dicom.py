@@ -15,6 +15,10 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from pacs.errors import InvalidInstance
+from pacs.part5 import BIG_ENDIAN, DEFLATED, IMPLICIT_LE
+from pacs.part5 import LONG_VRS as _VR32
+from pacs.part5 import PIXEL_TAGS as _PIXEL_TAGS
+from pacs.part5 import UNDEFINED_LENGTH as _UNDEFINED
 
 # We store bytes as received and only read keys from them: value-format warnings from
 # modalities (a UID with a leading zero, an over-long LO) are not ours to raise, and
@@ -180,7 +184,7 @@ def parse_part10(raw: bytes) -> tuple[Dataset, str]:
         raise InvalidInstance("file meta has no TransferSyntaxUID (0002,0010)")
     ts = bytes(ts_elem.value).decode("ascii", "replace").strip(" \x00")
     data, start = raw, pos
-    if ts == "1.2.840.10008.1.2.1.99":
+    if ts == DEFLATED:
         # Deflated (PS3.5 A.5): a raw deflate stream that must reach its final block.
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
@@ -190,8 +194,8 @@ def parse_part10(raw: bytes) -> tuple[Dataset, str]:
         if not inflater.eof:
             raise InvalidInstance("deflated dataset truncated: the stream ends early")
         start = 0
-    little = ts != "1.2.840.10008.1.2.2"
-    explicit = ts != "1.2.840.10008.1.2"
+    little = ts != BIG_ENDIAN
+    explicit = ts != IMPLICIT_LE
     elems: dict[int, RawDataElement] = {}
     try:
         end = _collect(data, start, "<" if little else ">", explicit, elems)
@@ -212,9 +216,6 @@ INDEXED_TAGS = frozenset({
     0x00180015, 0x0020000D, 0x0020000E, 0x00200010, 0x00200011, 0x00200013,
     0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100,
 })
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
-_VR32 = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_UNDEFINED = 0xFFFFFFFF
 
 
 def _collect(

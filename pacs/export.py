@@ -21,9 +21,11 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from pacs.part5 import BIG_ENDIAN, EXPLICIT_LE, IMPLICIT_LE
+
 #: Media Storage Directory Storage (PS3.4 Annex F).
 DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
-_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_UNCOMPRESSED = {IMPLICIT_LE, EXPLICIT_LE, BIG_ENDIAN}
 
 
 class _Sink(io.RawIOBase):

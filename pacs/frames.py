@@ -43,6 +43,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from pacs.errors import InvalidInstance, NotFound, PacsError
+from pacs.part5 import ITEM as _ITEM
+from pacs.part5 import SEQUENCE_DELIMITER as _SEQ_DELIMITER
+from pacs.part5 import UNDEFINED_LENGTH as _UNDEFINED
 from pacs.render import (
     Frame,
     Instance,
@@ -79,9 +82,6 @@ AHEAD_MAX_PIXELS = 1024 * 1024
 AHEAD_KEEP = 3 * AHEAD
 AHEAD_MAX_BYTES = 2 * 1024 * 1024
 
-_ITEM = 0xFFFEE000  # PS3.5 7.5: Item tag
-_SEQ_DELIMITER = 0xFFFEE0DD  # PS3.5 7.5: Sequence Delimitation Item tag
-_UNDEFINED = 0xFFFFFFFF
 #: pydicom (encaps.get_frame) ends a frame at a fragment with the JPEG EOI / J2K EOC marker
 #: in its last 10 bytes when fragments outnumber frames and no offset table says otherwise.
 _EOI = b"\xff\xd9"

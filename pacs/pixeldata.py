@@ -23,22 +23,17 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pacs.errors import PacsError
+from pacs.part5 import BIG_ENDIAN, DEFLATED, EXPLICIT_LE, IMPLICIT_LE, ITEM, PIXEL_TAGS, SEQUENCE_DELIMITER
+from pacs.part5 import LONG_VRS as _LONG_VRS
+from pacs.part5 import UNDEFINED_LENGTH as _UNDEFINED
 
-EXPLICIT_LE = str(ExplicitVRLittleEndian)
-IMPLICIT_LE = str(ImplicitVRLittleEndian)
-BIG_ENDIAN = "1.2.840.10008.1.2.2"
-DEFLATED = "1.2.840.10008.1.2.1.99"
 #: Native (not encapsulated) syntaxes whose frames can be read by byte range.
 RANGE_NATIVE = frozenset({IMPLICIT_LE, EXPLICIT_LE, BIG_ENDIAN})
 #: What we can re-encode a whole instance into (PS3.18 8.7.3.5.2 "uncompressed").
 NATIVE_TARGETS = frozenset({EXPLICIT_LE, IMPLICIT_LE})
-PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-                       b"UT", b"UV"})
-_UNDEFINED = 0xFFFFFFFF
 
 
 class ConversionError(PacsError):
@@ -149,9 +144,9 @@ def _encapsulated(raw: bytes | memoryview, pos: int, frames: int, ts: str, ds: D
     items: list[tuple[int, int, int]] = []  # (item offset, value offset, length)
     while True:
         tag, length, value_at = _header(raw, pos, True, False)  # items are always implicit LE
-        if tag == 0xFFFEE0DD:
+        if tag == SEQUENCE_DELIMITER:
             break
-        if tag != 0xFFFEE000 or length == _UNDEFINED or value_at + length > len(raw):
+        if tag != ITEM or length == _UNDEFINED or value_at + length > len(raw):
             return None
         items.append((pos, value_at, length))
         pos = value_at + length

@@ -40,6 +40,14 @@ from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pacs.errors import InvalidInstance, PacsError
+from pacs.part5 import EXPLICIT_LE as _EXPLICIT_LE
+from pacs.part5 import IMPLICIT_LE as _IMPLICIT_LE
+from pacs.part5 import ITEM as _ITEM_TAG
+from pacs.part5 import ITEM_DELIMITER as _ITEM_END_TAG
+from pacs.part5 import LONG_VRS as _LONG_VRS
+from pacs.part5 import PIXEL_DATA as _PIXEL_DATA_TAG
+from pacs.part5 import SEQUENCE_DELIMITER as _SEQ_END_TAG
+from pacs.part5 import UNDEFINED_LENGTH as _UNDEFINED_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -632,15 +640,6 @@ def _pixel_element(raw: bytes, at: int, tsyntax: UID) -> tuple[str, str, int, in
 # (another transfer syntax, colour, LUT sequences, functional groups, a malformed or unusual
 # value) returns None, and the caller takes pydicom's path, so the result never differs.
 
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_ITEM_TAG = 0xFFFEE000
-_ITEM_END_TAG = 0xFFFEE00D
-_SEQ_END_TAG = 0xFFFEE0DD
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-#: PS3.5 7.1.2: explicit VRs with 2 reserved bytes and a 4-byte length; the rest have 2 bytes.
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                       b"UR", b"UT", b"UV"))
 _SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS",
                         b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL",
                         b"US"))
@@ -674,7 +673,6 @@ _FAST_REFUSED = frozenset((
     0x00281221, 0x00281222, 0x00281223, 0x00283000, 0x00283010,
     0x52009229, 0x52009230, 0x7FE00001, 0x7FE00002, 0x7FE00008, 0x7FE00009,
 ))
-_PIXEL_DATA_TAG = 0x7FE00010
 #: A DS or IS value the fast path accepts: plain decimal numbers, where Python's float()
 #: and pydicom agree by construction. Anything else goes to pydicom.
 _DS_RE = re.compile(rb"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -951,10 +949,10 @@ class Instance:
             if vr and vr not in _PIXEL_VRS:
                 raise NotRangeable(f"Pixel Data with VR {vr!r}")
             # PS3.5 A.4: encapsulated Pixel Data has an undefined length, native a defined one.
-            if (length == 0xFFFFFFFF) != tsyntax.is_encapsulated:
+            if (length == _UNDEFINED_LENGTH) != tsyntax.is_encapsulated:
                 raise NotRangeable("Pixel Data length does not match the transfer syntax")
         inst = cls._build(ds, b"", start, tsyntax, keyword, vr)
-        inst.pixel_length = None if length == 0xFFFFFFFF else length
+        inst.pixel_length = None if length == _UNDEFINED_LENGTH else length
         return inst
 
     def with_reader(self, reader: FrameReader) -> Instance:

@@ -36,6 +36,7 @@ from pydicom.valuerep import PersonName
 
 from pacs import __version__
 from pacs.errors import InvalidInstance, InvalidQuery, NotFound
+from pacs.part5 import PIXEL_TAGS
 from pacs.render import BadRenderRequest, ColorFrame, Frame, GrayFrame, finite_number
 from pacs.store.index import InstanceRecord
 from pacs.store.worklist import StudyDetail, WorklistQuery, latest_study, search, study_detail
@@ -268,7 +269,7 @@ def _value(elem: DataElement, depth: int, out: dict[str, Any]) -> dict[str, Any]
         if len(items) > MAX_ITEMS or depth >= MAX_DEPTH:
             out["elided"] = True
         return out
-    if elem.tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+    if elem.tag in PIXEL_TAGS:
         out["value"], out["elided"] = "(pixel data)", True
         return out
     if isinstance(value, (bytes, bytearray)) or elem.VR in BINARY_VRS:
