@@ -333,6 +333,8 @@ class AnswerWriter:
         self._buffer: list[bytes] = []
         self._size = 0
         self.sent = 0
+        #: The association ended under us (aborted, connection lost): stop making answers.
+        self.closed = False
 
     @classmethod
     def for_event(cls, event: evt.Event) -> AnswerWriter | None:
@@ -376,6 +378,8 @@ class AnswerWriter:
         self._buffer, self._size = [], 0
         if self._assoc.is_established and self._socket.socket is not None:
             self._socket.send(data)
+        else:
+            self.closed = True
 
 
 def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:

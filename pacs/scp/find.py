@@ -195,6 +195,9 @@ def handle_find(
             if rows.count == 1:
                 plan = fastfind.IdentifierPlan.build(identifier, row, level, settings.ae_title)
             if writer is not None:
+                if writer.closed:  # the peer is gone: pynetdicom sends nothing more either
+                    log.info("C-FIND from %s: association ended after %d answer(s)", peer, writer.sent)
+                    return
                 data = plan.encode_or_none(row, writer.explicit) if plan is not None else None
                 if data is not None and writer.add(data):
                     continue

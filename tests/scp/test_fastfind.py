@@ -395,6 +395,43 @@ def test_dimse_listeners_get_pynetdicoms_path(scp: Any, sent: dict[str, int]) ->
     assert sent["pynetdicom"] == 6 and len(seen) >= 6
 
 
+def test_an_aborted_association_stops_the_answers(scp: Any, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The SCU aborts after its first answer: the handler stops reading rows and making
+    answers (its writer finds the association gone) instead of encoding all of them."""
+    from pacs.scp import find
+
+    pulled: list[int] = []
+
+    class Slow(find.FindStream):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for row in super().__iter__():
+                pulled.append(1)
+                if len(pulled) > 1:
+                    time.sleep(0.3)  # time for the A-ABORT to arrive between answers
+                yield row
+
+    monkeypatch.setattr(find, "FindStream", Slow)
+    monkeypatch.setattr(fastfind.AnswerWriter, "batch_bytes", 1)  # every answer written at once
+    ae = AE(ae_title="FASTSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, [ImplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", scp.server_address[1], ae_title="MINIPACS")
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    caplog.set_level("INFO", logger="pacs.scp.find")
+    responses = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+    status, _ = next(responses)
+    assert status.Status == 0xFF00
+    assoc.abort()
+    deadline = time.monotonic() + 10
+    while "association ended" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "association ended" in caplog.text
+    assert len(pulled) < 5  # of the five matching studies
+
+
 def test_cancel_status_reaches_the_scu(scp: Any, sent: dict[str, int]) -> None:
     """C-CANCEL (PS3.7 9.3.2.3): the handler's Cancel after two answers ends the operation."""
     from pacs.scp import find
