@@ -195,12 +195,46 @@ def _ends_request(pdu: bytes) -> bool:
     return pdu[0] == 0x04 and last & 0x03 == 0x02
 
 
+def record_exchange(upstream: int, keys: list[str]) -> tuple[list[bytes], list[bytes]]:
+    """One ``findscu`` run passed through a proxy to the server on ``upstream``: the PDUs
+    ``findscu`` sent (association request, query, release request) and those the server
+    answered (A-ASSOCIATE-AC, every C-FIND response, A-RELEASE-RP), in order."""
+    proxy = socket.create_server(("127.0.0.1", 0))
+    sent: list[bytes] = []
+    answered: list[bytes] = []
+
+    def pump() -> None:
+        client, _ = proxy.accept()
+        server = socket.create_connection(("127.0.0.1", upstream))
+        for s in (client, server):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while pdu := _read_pdu(client):
+            sent.append(pdu)
+            server.sendall(pdu)
+            if pdu[0] in (0x01, 0x05) or _ends_request(pdu):
+                while True:  # the server's answers up to the one that ends this step
+                    reply = _read_pdu(server)
+                    answered.append(reply)
+                    client.sendall(reply)
+                    if not reply or reply[0] != 0x04 or _final_status(reply):
+                        break
+        client.close()
+        server.close()
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    findscu(proxy.getsockname()[1], keys)
+    thread.join(30)
+    proxy.close()
+    return sent, answered
+
+
 class ClientFloor:
     """What ``findscu`` costs by itself: a stand-in server that answers with bytes recorded
     from the real one, at once (no query, no encoding, no Python DICOM stack).
 
-    :meth:`record` passes one ``findscu`` run through a proxy to the real server and keeps
-    what the server sent (A-ASSOCIATE-AC, every C-FIND response PDU, A-RELEASE-RP); the
+    :meth:`record` passes one ``findscu`` run through a proxy to the real server
+    (:func:`record_exchange`) and keeps what the server sent (A-ASSOCIATE-AC, every C-FIND response PDU, A-RELEASE-RP); the
     listener then replays it to identical ``findscu`` runs: the answer to the association
     request, all the responses in one write once the query has arrived, the release reply.
     The figures it yields are the floor no server can go under on this machine and client.
@@ -213,35 +247,8 @@ class ClientFloor:
         threading.Thread(target=self._serve, daemon=True).start()
 
     def record(self, upstream: int, keys: list[str]) -> None:
-        proxy = socket.create_server(("127.0.0.1", 0))
-        seen: list[bytes] = []
-
-        def pump() -> None:
-            client, _ = proxy.accept()
-            server = socket.create_connection(("127.0.0.1", upstream))
-            for s in (client, server):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            while True:
-                pdu = _read_pdu(client)
-                if not pdu:
-                    break
-                server.sendall(pdu)
-                if pdu[0] == 0x05 or pdu[0] == 0x01 or _ends_request(pdu):
-                    while True:  # the server's answers up to the one that ends this step
-                        reply = _read_pdu(server)
-                        seen.append(reply)
-                        client.sendall(reply)
-                        if not reply or reply[0] != 0x04 or _final_status(reply):
-                            break
-            client.close()
-            server.close()
-
-        thread = threading.Thread(target=pump, daemon=True)
-        thread.start()
-        findscu(proxy.getsockname()[1], keys)
-        thread.join(30)
-        proxy.close()
-        self.answer = [seen[0], b"".join(p for p in seen[1:-1]), seen[-1]]
+        seen = record_exchange(upstream, keys)[1]
+        self.answer = [seen[0], b"".join(seen[1:-1]), seen[-1]]
 
     def _serve(self) -> None:
         while True:
@@ -264,31 +271,7 @@ class RawClient:
 
     def __init__(self, port: int, keys: list[str]) -> None:
         self.port = port
-        self.requests: list[bytes] = []
-        proxy = socket.create_server(("127.0.0.1", 0))
-
-        def pump() -> None:
-            client, _ = proxy.accept()
-            server = socket.create_connection(("127.0.0.1", port))
-            for s in (client, server):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            while pdu := _read_pdu(client):
-                self.requests.append(pdu)
-                server.sendall(pdu)
-                if pdu[0] in (0x01, 0x05) or _ends_request(pdu):
-                    while True:
-                        reply = _read_pdu(server)
-                        client.sendall(reply)
-                        if not reply or reply[0] != 0x04 or _final_status(reply):
-                            break
-            client.close()
-            server.close()
-
-        thread = threading.Thread(target=pump, daemon=True)
-        thread.start()
-        findscu(proxy.getsockname()[1], keys)
-        thread.join(30)
-        proxy.close()
+        self.requests = record_exchange(port, keys)[0]
 
     def run(self) -> tuple[float, float, float, float]:
         """One association: ms to the A-ASSOCIATE-AC, from the query to its first answer,
