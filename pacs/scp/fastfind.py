@@ -301,6 +301,15 @@ def p_data_tf(context_id: int, command: bytes, data: bytes = b"") -> bytes:
     return struct.pack(">BBL", 0x04, 0x00, len(items)) + items
 
 
+def _dul_idle(assoc: Any) -> bool:
+    """Whether this (the association's) thread may write a P-DATA-TF to the socket itself:
+    established (Sta6), nothing queued for the DUL thread, nobody listening to sent PDUs.
+    Sending a P-DATA-TF in Sta6 is action DT-1, which changes no state (PS3.8 9.2)."""
+    dul = assoc.dul
+    return bool(dul.socket is not None and dul.state_machine.current_state == "Sta6"
+                and dul.to_provider_queue.empty() and not assoc.get_handlers(evt.EVT_PDU_SENT))
+
+
 class AnswerWriter:
     """Pending C-FIND responses written straight to the peer, a few PDUs per ``send()``.
 
@@ -345,11 +354,8 @@ class AnswerWriter:
             assoc, context = event.assoc, event.context
             syntax = context.transfer_syntax[0] if isinstance(context.transfer_syntax, list) \
                 else context.transfer_syntax
-            dul = assoc.dul
             if (not assoc.is_established or not syntax.is_little_endian or syntax.is_deflated
-                    or assoc.get_handlers(evt.EVT_DIMSE_SENT) or assoc.get_handlers(evt.EVT_PDU_SENT)
-                    or dul.socket is None or dul.state_machine.current_state != "Sta6"
-                    or not dul.to_provider_queue.empty()
+                    or assoc.get_handlers(evt.EVT_DIMSE_SENT) or not _dul_idle(assoc)
                     or getattr(assoc.dimse, "_pacs_queued", None) is not None):
                 return None
             return cls(event, explicit=not syntax.is_implicit_VR)
@@ -417,9 +423,7 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
             or (limit and 6 + len(command) + (6 + len(data) if data else 0) > limit)):
         self._pacs_queued = message_id if pending else None  # type: ignore[attr-defined]
         return _ORIGINAL_SEND_MSG(self, primitive, context_id)
-    if (getattr(self, "_pacs_queued", None) != message_id
-            and dul.state_machine.current_state == "Sta6" and dul.to_provider_queue.empty()
-            and dul.socket is not None and not assoc.get_handlers(evt.EVT_PDU_SENT)):
+    if getattr(self, "_pacs_queued", None) != message_id and _dul_idle(assoc):
         # On failure AssociationSocket.send queues Evt17 (connection closed), as the DUL does.
         dul.socket.send(p_data_tf(context_id, command, data))
     else:
