@@ -168,3 +168,71 @@ def test_supervisor_builds_the_http_app_without_threads_or_open_connections(tmp_
     assert threads == "1"
     assert pooled == "0"  # not even an idle connection in the pool
     assert has_key == "True"  # read from the index before the fork, so workers need not
+
+
+def test_a_workers_first_image_request_compiles_no_sql(settings: Settings, index: Index,
+                                                        blobs: FilesystemBlobStore) -> None:
+    """The supervisor compiles the SQL of an image request (bearer token, instance row, series
+    list) before it forks the HTTP workers, so no worker pays for it on its first image.
+
+    SQLAlchemy keeps compiled statements in the engine's cache: a first request that compiled
+    anything would add entries to it.
+    """
+    import time
+
+    from pacs.serve import _build_http_app
+    from pacs.store.users import Users
+
+    ingest = IngestService(blobs, index)
+    try:
+        ingest.store(FILES[0].read_bytes(), Origin("import"))
+    finally:
+        ingest.close()
+    users = Users(index)
+    users.add("reader", "a long enough password", "radiologist")
+    token = users.create_token("reader")
+    # Used once elsewhere (another engine) within the last minute, so the request below has no
+    # reason to write the token's last use: what it runs is the read path of any request.
+    assert users.by_token(token) is not None
+    ds = pydicom.dcmread(FILES[0], stop_before_pixels=True)
+    url = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+           f"/instances/{ds.SOPInstanceUID}/rendered")
+
+    services, app = _build_http_app(settings, settings.dicom_port)
+    try:
+        cache = services.index.engine._compiled_cache  # noqa: SLF001 - what is being tested
+        compiled = len(cache)
+        assert compiled >= 3
+        res = app.test_client().get(url, headers={"Authorization": f"Bearer {token}",
+                                                  "Accept": "image/jpeg"})
+        assert res.status_code == 200 and res.data[:2] == b"\xff\xd8"
+        frames = app.extensions["pacs"]["frames"]
+        deadline = time.monotonic() + 10
+        while (frames._series_wanted or frames.working) and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.01)  # the render-ahead thread lists the series in the background
+        assert len(cache) == compiled
+    finally:
+        app.extensions["pacs"]["frames"].close()
+        services.close()
+
+
+def test_frame_source_start_forks_the_render_ahead_child_before_any_request(
+        settings: Settings, index: Index, blobs: FilesystemBlobStore) -> None:
+    """An HTTP worker calls FrameSource.start() before it takes connections: the fork of the
+    render-ahead child (a few ms) then never lands on a user's first image."""
+    import time
+
+    frames = create_app(settings, index, blobs).extensions["pacs"]["frames"]
+    try:
+        assert frames._renderer is None  # noqa: SLF001
+        frames.start()
+        deadline = time.monotonic() + 10
+        while frames._renderer is None and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.01)
+        renderer = frames._renderer  # noqa: SLF001
+        assert renderer is not None and renderer.alive
+        frames.start()  # idempotent: the same child
+        time.sleep(0.05)
+        assert frames._renderer is renderer  # noqa: SLF001
+    finally:
+        frames.close()
