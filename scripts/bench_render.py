@@ -103,6 +103,17 @@ def scroll(port: int, token: str, urls: list[str], accept: str, connections: int
     return len(urls) / (time.perf_counter() - t0)
 
 
+def warm_workers(port: int, token: str, url: str, workers: int) -> None:
+    """One request on each HTTP worker of a fresh server, as a server that has been up for a
+    while would be: ``workers`` connections opened one after another and kept open, which
+    the server's accept balancing (``pacs.serve.balance_accepts``) hands to distinct workers."""
+    clients = [Client(port, token) for _ in range(workers)]
+    for c in clients:
+        c.get(url, "image/jpeg")
+    for c in clients:
+        c.conn.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slices", type=int, default=300)
@@ -125,6 +136,7 @@ def main() -> int:
     subprocess.run([pacs, "import", "-q", "--data-dir", str(data), str(ct_dir), str(cr_dir)],
                    check=True, env=env)
     # The first start creates the admin; a token is what a script would use.
+    workers = args.http_workers or os.cpu_count() or 1  # as pacs.config resolves 0
     results: dict[str, object] = {"machine": f"{platform.node()} {os.cpu_count()} cores, "
                                   f"Python {platform.python_version()}"}
     with benchlib.pacs_server(data, env, extra_args=["--http-workers", str(args.http_workers)]) as srv:
@@ -187,7 +199,7 @@ def main() -> int:
     for conns in (1, 4):
         for kind in ("image/jpeg", "image/png"):
             with benchlib.pacs_server(data, env, extra_args=["--http-workers", str(args.http_workers)]) as srv:
-                Client(srv.http_port, token).get(cr, "image/jpeg")  # warm the worker, not the slices
+                warm_workers(srv.http_port, token, cr, workers)  # the workers, not the slices
                 tag = f"{kind.split('/')[1].upper()} {conns} conn"
                 rate = scroll(srv.http_port, token, ct, kind, conns, "")
                 results[f"series cold {tag}"] = round(rate, 1)
