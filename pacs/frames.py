@@ -844,14 +844,6 @@ class FrameSource:
                 self._start_worker()
                 self._cv.notify()
 
-    def start(self) -> None:
-        """Start rendering ahead now (its thread, which forks the child) rather than on the
-        first image: an HTTP worker calls this before it takes connections, so the fork never
-        lands on a request."""
-        if self.ahead:
-            with self._cv:
-                self._start_worker()
-
     def _start_worker(self) -> None:
         """Start the background thread in this process (once; again after a fork). Under _cv."""
         if self._worker_pid != os.getpid():

@@ -143,7 +143,6 @@ def http_worker(settings: Settings, listener: socket.socket, ready: MpEvent,
     )
     if loads is not None and len(loads) > 1:
         balance_accepts(server, loads, slot)
-    app.extensions["pacs"]["frames"].start()
     ready.set()
     try:
         server.run()

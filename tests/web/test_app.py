@@ -215,24 +215,3 @@ def test_a_workers_first_image_request_compiles_no_sql(settings: Settings, index
         app.extensions["pacs"]["frames"].close()
         services.close()
 
-
-def test_frame_source_start_forks_the_render_ahead_child_before_any_request(
-        settings: Settings, index: Index, blobs: FilesystemBlobStore) -> None:
-    """An HTTP worker calls FrameSource.start() before it takes connections: the fork of the
-    render-ahead child (a few ms) then never lands on a user's first image."""
-    import time
-
-    frames = create_app(settings, index, blobs).extensions["pacs"]["frames"]
-    try:
-        assert frames._renderer is None  # noqa: SLF001
-        frames.start()
-        deadline = time.monotonic() + 10
-        while frames._renderer is None and time.monotonic() < deadline:  # noqa: SLF001
-            time.sleep(0.01)
-        renderer = frames._renderer  # noqa: SLF001
-        assert renderer is not None and renderer.alive
-        frames.start()  # idempotent: the same child
-        time.sleep(0.05)
-        assert frames._renderer is renderer  # noqa: SLF001
-    finally:
-        frames.close()
