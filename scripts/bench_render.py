@@ -46,6 +46,8 @@ except ImportError:  # run as `python scripts/bench_render.py`
 
 import pydicom
 
+from pacs.config import Settings  # noqa: E402
+
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
@@ -136,7 +138,7 @@ def main() -> int:
     subprocess.run([pacs, "import", "-q", "--data-dir", str(data), str(ct_dir), str(cr_dir)],
                    check=True, env=env)
     # The first start creates the admin; a token is what a script would use.
-    workers = args.http_workers or os.cpu_count() or 1  # as pacs.config resolves 0
+    workers = Settings(http_workers=args.http_workers).resolved_http_workers  # what the server starts
     results: dict[str, object] = {"machine": f"{platform.node()} {os.cpu_count()} cores, "
                                   f"Python {platform.python_version()}"}
     with benchlib.pacs_server(data, env, extra_args=["--http-workers", str(args.http_workers)]) as srv:
