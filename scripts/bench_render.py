@@ -29,7 +29,6 @@ import http.client
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -156,20 +155,15 @@ def main() -> int:
             print(f"{name:38s} median {statistics.median(samples):7.2f} ms   p95 {pct(samples, .95):7.2f} ms",
                   flush=True)
 
-        # 2n slices in scroll order, then every other one of the rest for the two random-order
-        # rows (2n more, the warm slice left out): n <= (slices - 3) / 6.
-        n = min(args.reps, (len(ct) - 3) // 6)
-        # Cold: slices never rendered in this process (two disjoint sets for the two formats),
-        # in scroll order (as a viewer asks for them: the server renders the next ones ahead).
-        lat("CT cold JPEG", [c.get(u, "image/jpeg")[0] for u in ct[1:1 + n]])
-        lat("CT cold PNG", [c.get(u, "image/png")[0] for u in ct[1 + n:1 + 2 * n]])
-        # Cold in random order (every other slice, shuffled: never two neighbours in a row, so
-        # nothing can be rendered ahead): the whole cost of a first render.
-        warm = ct[len(ct) // 2]
-        pool = [u for u in ct[2 + 2 * n::2] if u != warm]
-        random.Random(4).shuffle(pool)
-        lat("CT cold JPEG, random order", [c.get(u, "image/jpeg")[0] for u in pool[:n]])
-        lat("CT cold PNG, random order", [c.get(u, "image/png")[0] for u in pool[n:2 * n]])
+        # Cold: slices never rendered in this process (disjoint sets for the two formats), in
+        # scroll order (as a viewer asks for them: the server renders the next ones ahead), then
+        # in random order (nothing can be rendered ahead): the whole cost of a first render.
+        cold = benchlib.cold_slices(ct, args.reps)
+        lat("CT cold JPEG", [c.get(u, "image/jpeg")[0] for u in cold.scroll_jpeg])
+        lat("CT cold PNG", [c.get(u, "image/png")[0] for u in cold.scroll_png])
+        lat("CT cold JPEG, random order", [c.get(u, "image/jpeg")[0] for u in cold.random_jpeg])
+        lat("CT cold PNG, random order", [c.get(u, "image/png")[0] for u in cold.random_png])
+        warm = cold.warm
         # Warm: the same decoded slice, a new window every time.
         lat("CT new window JPEG", [c.get(f"{warm}?window={40 + i},{400 + i}", "image/jpeg")[0]
                                    for i in range(args.reps)])

@@ -27,12 +27,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import random
 import statistics
 import sys
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+try:
+    from scripts import benchlib
+except ImportError:  # run as `python scripts/bench_render_orthanc.py`
+    import benchlib  # type: ignore[no-redef]
 
 
 def main() -> int:
@@ -72,15 +77,13 @@ def main() -> int:
         p95 = sorted(xs)[int(0.95 * (len(xs) - 1))]
         print(f"{name:36s} median {statistics.median(xs):7.2f} ms   p95 {p95:7.2f} ms", flush=True)
 
-    n = min(args.reps, (len(ids) - 3) // 4)
-    lat("CT first render JPEG", [get(conn, url(i), "image/jpeg") for i in ids[1:1 + n]])
-    lat("CT first render PNG", [get(conn, url(i), "image/png") for i in ids[1 + n:1 + 2 * n]])
-    mid = ids[len(ids) // 2]
-    # The same random order as bench_render.py (every other slice, shuffled).
-    pool = [i for i in ids[2 + 2 * n::2] if i != mid]
-    random.Random(4).shuffle(pool)
-    lat("CT first render JPEG, random order", [get(conn, url(i), "image/jpeg") for i in pool[:n]])
-    lat("CT first render PNG, random order", [get(conn, url(i), "image/png") for i in pool[n:2 * n]])
+    # The same slices as bench_render.py: scroll order, then every other one shuffled.
+    cold = benchlib.cold_slices(ids, args.reps)
+    lat("CT first render JPEG", [get(conn, url(i), "image/jpeg") for i in cold.scroll_jpeg])
+    lat("CT first render PNG", [get(conn, url(i), "image/png") for i in cold.scroll_png])
+    lat("CT first render JPEG, random order", [get(conn, url(i), "image/jpeg") for i in cold.random_jpeg])
+    lat("CT first render PNG, random order", [get(conn, url(i), "image/png") for i in cold.random_png])
+    mid = cold.warm
     for kind in ("image/jpeg", "image/png"):
         lat(f"CT new window {kind[6:].upper()}",
             [get(conn, url(mid, f"?window-center={40 + k}&window-width={400 + k}"), kind) for k in range(args.reps)])

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -381,3 +382,34 @@ def pacs_server(data_dir: Path, env: Mapping[str, str], *, ae_title: str = "MINI
 def fresh_workdir(prefix: str = "minipacs-bench-") -> Path:
     """A new private folder under the temp root (see :func:`embedded_postgres` for why)."""
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+# --- rendering benchmarks -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColdSlices:
+    """Disjoint slices for the cold rendering rows, the same for our server and for Orthanc
+    (``bench_render.py``, ``bench_render_orthanc.py``): ``scroll_jpeg`` / ``scroll_png`` in
+    scroll order, ``random_jpeg`` / ``random_png`` every other one of the rest, shuffled (never
+    two neighbours in a row, so nothing can have been rendered ahead), and ``warm``, the middle
+    slice, kept for the new-window rows."""
+
+    scroll_jpeg: list[Any]
+    scroll_png: list[Any]
+    random_jpeg: list[Any]
+    random_png: list[Any]
+    warm: Any
+
+
+def cold_slices(items: Sequence[Any], reps: int) -> ColdSlices:
+    """:class:`ColdSlices` of ``items`` (a series in order, the first one left for warming the
+    worker), ``n`` each: at most ``reps``, and few enough that the four sets fit
+    (n <= (len(items) - 3) / 6: the random pool is every other slice the scroll rows leave)."""
+    import random
+
+    n = min(reps, (len(items) - 3) // 6)
+    warm = items[len(items) // 2]
+    pool = [u for u in items[2 + 2 * n::2] if u != warm]
+    random.Random(4).shuffle(pool)
+    return ColdSlices(list(items[1:1 + n]), list(items[1 + n:1 + 2 * n]), pool[:n], pool[n:2 * n], warm)
