@@ -7,6 +7,9 @@ association, one C-FIND, release) against ``pacs serve`` on SQLite and on Postgr
 and a Vietnamese name prefix written without and with accents that matches a few dozen
 studies. Every query asks for the usual worklist keys plus ModalitiesInStudy and
 NumberOfStudyRelatedSeries/Instances. Median and p95 over ``--runs`` runs each.
+``findscu`` runs with ``-v -sr``: it logs one line per answer (so the answers are counted)
+but does not dump each answer's data set; ``--dump`` adds runs that do, as ``findscu`` does
+by default (see :func:`findscu`).
 
 The index is filled by a **benchmark-only bulk path**: rows go straight into the four
 tables with SQLAlchemy Core ``executemany`` (one series and one instance per study, blob
@@ -91,11 +94,11 @@ QUERY_KEYS = ["StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "Stud
               "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]
 
 
-def fill(url: str, studies: int, seed: int = 1) -> None:
-    """Benchmark-only bulk fill (see the module docstring)."""
+def synthetic_rows(studies: int, seed: int = 1) -> tuple[list[dict[str, Any]], ...]:
+    """The generated patient, study, series and instance rows (one series and one instance
+    per study), as the index stores them; the same for a given ``seed``, so that
+    ``bench_find_orthanc.py`` gives Orthanc exactly the studies our index gets."""
     rnd = random.Random(seed)
-    index = Index(url, fsync=False)
-    index.migrate()
     now = datetime.now(timezone.utc)
     n_patients = int(studies * 0.7)
     names, weights = zip(*FAMILY)
@@ -126,6 +129,14 @@ def fill(url: str, studies: int, seed: int = 1) -> None:
             transfer_syntax_uid="1.2.840.10008.1.2.1", rows=512, columns=512, number_of_frames=1,
             size=0, sha256="0" * 64, blob_key=f"bench/{i + 1}", received_at=now, calling_ae="BENCH",
             origin="bench"))
+    return patients, study_rows, series_rows, inst_rows
+
+
+def fill(url: str, studies: int, seed: int = 1) -> None:
+    """Benchmark-only bulk fill (see the module docstring)."""
+    patients, study_rows, series_rows, inst_rows = synthetic_rows(studies, seed)
+    index = Index(url, fsync=False)
+    index.migrate()
     with index.engine.begin() as conn:
         for table, rows in ((Patient.__table__, patients), (Study.__table__, study_rows),
                             (Series.__table__, series_rows), (Instance.__table__, inst_rows)):
@@ -141,8 +152,16 @@ def fill(url: str, studies: int, seed: int = 1) -> None:
     index.dispose()
 
 
-def findscu(port: int, keys: list[str]) -> tuple[float, int]:
-    args = [FINDSCU, "-v", "-S", "-aet", "BENCH", "-aec", "MINIPACS",
+def findscu(port: int, keys: list[str], dump: bool = False, aec: str = "MINIPACS") -> tuple[float, int]:
+    """One ``findscu`` process: its wall time in s and the number of pending answers it logged.
+
+    ``-v`` logs one "Received Find Response N (Pending)" line per answer, which is how the
+    answers are counted. ``-sr`` (``--hide-responses``) keeps it from also dumping every
+    answer's data set to the log, about 1 KB of text per answer: 13 ms of the client's own
+    time for the 98-answer day here, and nothing to do with the server. ``dump=True`` lets
+    it dump them, as ``findscu`` does by default.
+    """
+    args = [FINDSCU, "-v", *([] if dump else ["-sr"]), "-S", "-aet", "BENCH", "-aec", aec,
             "-k", "QueryRetrieveLevel=STUDY", "-k", "SpecificCharacterSet=ISO_IR 192"]
     for k in QUERY_KEYS:
         if not any(q.startswith(k + "=") for q in keys):
@@ -150,7 +169,8 @@ def findscu(port: int, keys: list[str]) -> tuple[float, int]:
     for k in keys:
         args += ["-k", k]
     t0 = time.perf_counter()
-    out = subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, text=True)
+    out = subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, text=True,
+                         errors="replace")
     elapsed = time.perf_counter() - t0
     text = out.stdout + out.stderr
     if out.returncode != 0 or "Final Find Response (Success)" not in text:
@@ -356,21 +376,24 @@ def bench(label: str, url: str, workdir: Path, args: argparse.Namespace
         floor = ClientFloor() if args.floor else None
         if floor is not None:
             ports.append(("findscu alone", floor.port))
+        clients = [("-v -sr", False), *([("-v, answers dumped", True)] if args.dump else [])]
         for query, keys in QUERIES:
-            times: dict[str, list[float]] = {name: [] for name, _ in ports}
-            counts: dict[str, set[int]] = {name: set() for name, _ in ports}
+            runs = [(name, port, client, dump) for name, port in ports for client, dump in clients]
+            times: dict[tuple[str, str], list[float]] = {(n, c): [] for n, _, c, _ in runs}
+            counts: dict[tuple[str, str], set[int]] = {(n, c): set() for n, _, c, _ in runs}
             if floor is not None:
                 floor.record(ports[-2][1], keys)
             for _name, port in ports:
                 findscu(port, keys)  # warm-up (connection pool, page cache)
             for _ in range(args.runs):
-                for name, port in ports:
-                    elapsed, n = findscu(port, keys)
-                    times[name].append(elapsed * 1000)
-                    counts[name].add(n)
-            for name, _ in ports:
-                rows.append((f"{label} {name}".strip(), query, "/".join(map(str, sorted(counts[name]))),
-                             f"{statistics.median(times[name]):.1f}", f"{p95(times[name]):.1f}"))
+                for name, port, client, dump in runs:
+                    elapsed, n = findscu(port, keys, dump)
+                    times[name, client].append(elapsed * 1000)
+                    counts[name, client].add(n)
+            for key in times:
+                rows.append((f"{label} {key[0]}".strip(), query, key[1],
+                             "/".join(map(str, sorted(counts[key]))),
+                             f"{statistics.median(times[key]):.1f}", f"{p95(times[key]):.1f}"))
             if args.server_side:
                 inside += server_side(label, query, keys, running, args.runs)
     return rows, inside
@@ -413,6 +436,9 @@ def main() -> int:
     parser.add_argument("--server-side", action="store_true",
                         help="also time the server alone, with a raw-socket client replaying "
                              "findscu's request, and its CPU per query")
+    parser.add_argument("--dump", action="store_true",
+                        help="also time findscu dumping every answer's data set to its log "
+                             "(its default), beside the runs that only count the answers (-sr)")
     args = parser.parse_args()
     workdir = benchlib.fresh_workdir("minipacs-bench-find-")
     rows: list[tuple[str, ...]] = []
@@ -428,8 +454,8 @@ def main() -> int:
             server_rows += inside
     print(f"\nSTUDY-level C-FIND, {args.studies:,} studies, {args.runs} runs each, "
           "findscu process start included (ms)\n")
-    print("| index | query | answers | median | p95 |")
-    print("|---|---|---|---|---|")
+    print("| index | query | findscu | answers | median | p95 |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
     if server_rows:
