@@ -91,6 +91,9 @@ def rest(port: int, method: str, path: str, body: bytes | None = None) -> object
 
 
 def upload(port: int, files: list[bytes], connections: int = 4) -> None:
+    """POST every file to ``/instances`` over ``connections`` keep-alive connections."""
+    errors: list[str] = []
+
     def run(part: list[bytes]) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for body in part:
@@ -98,13 +101,16 @@ def upload(port: int, files: list[bytes], connections: int = 4) -> None:
             resp = conn.getresponse()
             resp.read()
             if resp.status != 200:
-                raise RuntimeError(f"upload: HTTP {resp.status}")
+                errors.append(f"HTTP {resp.status}")
+                return
 
     threads = [threading.Thread(target=run, args=(files[k::connections],)) for k in range(connections)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise SystemExit(f"upload to Orthanc failed: {', '.join(errors)}")
 
 
 def main() -> int:
@@ -130,6 +136,9 @@ def main() -> int:
         t0 = time.perf_counter()
         files = instances(args.studies)
         upload(args.http_port, files)
+        have = rest(args.http_port, "GET", "/statistics")["CountStudies"]  # type: ignore[index]
+        if have != args.studies:
+            raise SystemExit(f"Orthanc holds {have} studies after the upload, not {args.studies}")
         print(f"uploaded {len(files)} studies in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     n_patients = int(args.studies * 0.7)  # as synthetic_rows makes them
     queries = [(name, [f"PatientID=BN{min(12345, n_patients - 1):07d}"] if name == "exact PatientID" else keys)
