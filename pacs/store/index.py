@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -149,6 +149,13 @@ class Index:
             .join(Study.__table__, Series.study_pk == Study.id)
             .where(inst.c.sop_instance_uid == bindparam("uid"))
         )
+        series = Series.__table__
+        # Last in the instance's transaction: on PostgreSQL the series row stays locked until
+        # the commit, so parallel stores into one series serialize only on the commit itself.
+        self._count_instance = (
+            update(series).where(series.c.id == bindparam("pk"))
+            .values(num_instances=series.c.num_instances + 1)
+        )
         #: Series UID -> row id, so a series' later instances skip three look-ups.
         #: A throwaway node-local cache: a miss or a stale entry costs a query, never data.
         self._series_pk: dict[str, int] = {}
@@ -271,6 +278,7 @@ class Index:
             if inserted is not None:
                 if metadata is not None:
                     self._attach_metadata(conn, int(inserted[0]), blob.key, metadata)
+                conn.execute(self._count_instance, {"pk": series_pk})
                 self._series_pk[keys.series_instance_uid] = series_pk
                 return AddResult(added=True)
         return AddResult(added=False, existing=self.get_instance(keys.sop_instance_uid))

@@ -325,24 +325,25 @@ def _output(attr: Attr, dialect: str) -> Any:
 
 @functools.cache
 def _computed(k: str, dialect: str) -> Any:
-    """A computed attribute as a correlated scalar subquery (cached, see :func:`_joined`)."""
-    se, st, inst = SE.alias("c_se"), ST.alias("c_st"), IN.alias("c_in")
+    """A computed attribute as a correlated scalar subquery, or the series' own instance
+    counter (cached, see :func:`_joined`)."""
+    se, st = SE.alias("c_se"), ST.alias("c_st")
     count = func.count()
     if k == "NumberOfPatientRelatedStudies":
         q = select(count).select_from(st).where(st.c.patient_pk == P.c.id)
     elif k == "NumberOfPatientRelatedSeries":
         q = select(count).select_from(se.join(st, se.c.study_pk == st.c.id)).where(st.c.patient_pk == P.c.id)
     elif k == "NumberOfPatientRelatedInstances":
-        q = (select(count).select_from(inst.join(se, inst.c.series_pk == se.c.id)
-                                       .join(st, se.c.study_pk == st.c.id))
+        # Instance counts are sums of the per-series counters kept at ingest (models.Series).
+        q = (select(func.coalesce(func.sum(se.c.num_instances), 0))
+             .select_from(se.join(st, se.c.study_pk == st.c.id))
              .where(st.c.patient_pk == P.c.id))
     elif k == "NumberOfStudyRelatedSeries":
         q = select(count).select_from(se).where(se.c.study_pk == ST.c.id)
     elif k == "NumberOfStudyRelatedInstances":
-        q = (select(count).select_from(inst.join(se, inst.c.series_pk == se.c.id))
-             .where(se.c.study_pk == ST.c.id))
+        q = select(func.coalesce(func.sum(se.c.num_instances), 0)).where(se.c.study_pk == ST.c.id)
     elif k == "NumberOfSeriesRelatedInstances":
-        q = select(count).select_from(inst).where(inst.c.series_pk == SE.c.id)
+        return SE.c.num_instances
     elif k == "ModalitiesInStudy":
         # Comma-joined distinct modalities (CS values never contain a comma); split afterwards.
         agg = (func.string_agg(se.c.modality.distinct(), literal(",")) if dialect == "postgresql"

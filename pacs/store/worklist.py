@@ -42,8 +42,9 @@ def _series_count() -> Any:
 
 
 def _image_count() -> Any:
-    se, inst = SE.alias("w_se2"), IN.alias("w_in")
-    return (select(func.count()).select_from(inst.join(se, inst.c.series_pk == se.c.id))
+    # The per-series counters kept at ingest (models.Series.num_instances), not a count of rows.
+    se = SE.alias("w_se2")
+    return (select(func.coalesce(func.sum(se.c.num_instances), 0))
             .where(se.c.study_pk == ST.c.id).scalar_subquery())
 
 

@@ -110,3 +110,34 @@ def test_downgrade_to_base_then_upgrade_again(index: Index, tmp_path: Path) -> N
     finally:
         ingest.close()
     assert index.counts().instances == 1
+
+
+def test_0007_counts_the_instances_of_series_stored_before_it(index: Index) -> None:
+    """Series rows from before revision 0007 get their instance counts from the instance table."""
+    cfg = alembic_config(index)
+    with index.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+        conn.exec_driver_sql(
+            "INSERT INTO patient (id, patient_key, patient_id, patient_name, patient_name_folded, "
+            "birth_date, sex, created_at) VALUES (1, 'id:P1', 'P1', '', '', '', '', CURRENT_TIMESTAMP)")
+        conn.exec_driver_sql(
+            "INSERT INTO study (id, study_instance_uid, patient_pk, study_date, study_time, "
+            "accession_number, study_description, referring_physician_name, "
+            "referring_physician_folded, study_id, created_at) "
+            "VALUES (1, '1.2.3', 1, '', '', '', '', '', '', '', CURRENT_TIMESTAMP)")
+        for series_pk, instances in ((1, 3), (2, 1), (3, 0)):
+            conn.exec_driver_sql(
+                "INSERT INTO series (id, series_instance_uid, study_pk, modality, series_description, "
+                f"body_part_examined, created_at) VALUES ({series_pk}, '1.2.3.{series_pk}', 1, 'CT', '', "
+                "'', CURRENT_TIMESTAMP)")
+            for k in range(instances):
+                conn.exec_driver_sql(
+                    "INSERT INTO instance (sop_instance_uid, series_pk, sop_class_uid, transfer_syntax_uid, "
+                    "number_of_frames, size, sha256, blob_key, received_at, calling_ae, origin) "
+                    f"VALUES ('1.2.3.{series_pk}.{k}', {series_pk}, '', '', 1, 0, '', 'k{series_pk}.{k}', "
+                    "CURRENT_TIMESTAMP, '', '')")
+        command.upgrade(cfg, "head")
+        counts = dict(conn.exec_driver_sql("SELECT id, num_instances FROM series").all())
+    assert counts == {1: 3, 2: 1, 3: 0}
+    assert model_differences(index) == []

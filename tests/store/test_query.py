@@ -139,6 +139,23 @@ def test_study_counts_and_modalities(index: Index) -> None:
     assert rows[S3]["PatientName"] == "Đặng^Minh Châu"
 
 
+def test_instance_counters_match_the_rows_and_ignore_duplicates(index: Index, tmp_path: Any) -> None:
+    """The per-series counters the counts are summed from (Series.num_instances, kept at ingest)."""
+    ingest = IngestService(FilesystemBlobStore(tmp_path / "blobs", fsync=False), index)
+    try:
+        for ds in datasets()[:3]:  # all stored by the fixture already: duplicates now
+            ingest.store(part10(ds), Origin("import"))
+    finally:
+        ingest.close()
+    with index.engine.connect() as conn:
+        series = conn.execute(text(
+            "SELECT s.num_instances, (SELECT count(*) FROM instance i WHERE i.series_pk = s.id) "
+            "FROM series s")).all()
+    assert len(series) >= 3 and all(kept == counted for kept, counted in series), series
+    row = find(index, "STUDY", SR, StudyInstanceUID=S1, NumberOfStudyRelatedInstances="")[0]
+    assert row["NumberOfStudyRelatedInstances"] == 4
+
+
 def test_modalities_in_study_matching(index: Index) -> None:
     assert uids(find(index, "STUDY", SR, ModalitiesInStudy="CT")) == sorted([S1, S4])
     assert uids(find(index, "STUDY", SR, ModalitiesInStudy="MR\\CR")) == sorted([S2, S3])
