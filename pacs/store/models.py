@@ -86,7 +86,7 @@ class Series(Base):
     body_part_examined: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: Instances in this series, counted up by ``Index._add`` in each new instance's own
-    #: transaction. Why: NumberOf*RelatedInstances (PS3.4 C.6.1.1.4-5) counted from the instance
+    #: transaction. Why: NumberOf*RelatedInstances (PS3.4 C.6.1.1.2-4) counted from the instance
     #: table at query time cost 4 ms (SQLite) and 10-16 ms (PostgreSQL) for one day's 98
     #: studies of 300 instances; the sums of these counters cost a few series rows per study.
     num_instances: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
