@@ -48,28 +48,31 @@ except ImportError:  # run as `python scripts/bench_find_orthanc.py`
     import bench_find  # type: ignore[no-redef]
 
 
+#: Which generated row each attribute of a file comes from: DICOM keyword -> index column.
+FROM_ROWS = {
+    "patient": {"PatientName": "patient_name", "PatientID": "patient_id",
+                "PatientBirthDate": "birth_date", "PatientSex": "sex"},
+    "study": {"StudyInstanceUID": "study_instance_uid", "StudyDate": "study_date",
+              "StudyTime": "study_time", "AccessionNumber": "accession_number",
+              "StudyDescription": "study_description", "StudyID": "study_id"},
+    "series": {"SeriesInstanceUID": "series_instance_uid", "Modality": "modality",
+               "SeriesNumber": "series_number"},
+    "instance": {"SOPClassUID": "sop_class_uid", "SOPInstanceUID": "sop_instance_uid",
+                 "InstanceNumber": "instance_number"},
+}
+
+
 def instances(studies: int) -> list[bytes]:
     """One DICOM Part 10 file per generated study, in memory."""
     patients, study_rows, series_rows, inst_rows = bench_find.synthetic_rows(studies)
     out = []
     for st, se, ins in zip(study_rows, series_rows, inst_rows):
-        pt = patients[st["patient_pk"] - 1]
+        rows = {"patient": patients[st["patient_pk"] - 1], "study": st, "series": se, "instance": ins}
         ds = Dataset()
         ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.SOPClassUID = ins["sop_class_uid"]
-        ds.SOPInstanceUID = ins["sop_instance_uid"]
-        ds.StudyDate, ds.StudyTime = st["study_date"], st["study_time"]
-        ds.AccessionNumber = st["accession_number"]
-        ds.Modality = se["modality"]
-        ds.StudyDescription = st["study_description"]
-        ds.PatientName = pt["patient_name"]
-        ds.PatientID = pt["patient_id"]
-        ds.PatientBirthDate, ds.PatientSex = pt["birth_date"], pt["sex"]
-        ds.StudyInstanceUID = st["study_instance_uid"]
-        ds.SeriesInstanceUID = se["series_instance_uid"]
-        ds.StudyID = st["study_id"]
-        ds.SeriesNumber = se["series_number"]
-        ds.InstanceNumber = ins["instance_number"]
+        for level, columns in FROM_ROWS.items():
+            for keyword, column in columns.items():
+                setattr(ds, keyword, rows[level][column])
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
