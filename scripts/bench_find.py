@@ -123,6 +123,8 @@ def synthetic_rows(studies: int, seed: int = 1) -> tuple[list[dict[str, Any]], .
             id=i + 1, series_instance_uid=f"1.2.826.0.1.3680043.10.2000.2.{i + 1}", study_pk=i + 1,
             modality=rnd.choice(MODALITIES), series_number=1, series_description="",
             body_part_examined="", created_at=now, num_instances=1))
+        # The counters Index._add keeps (models.Study, models.Series), for this bulk path.
+        study_rows[-1].update(num_series=1, num_instances=1, modalities=series_rows[-1]["modality"])
         inst_rows.append(dict(
             id=i + 1, sop_instance_uid=f"1.2.826.0.1.3680043.10.2000.3.{i + 1}", series_pk=i + 1,
             sop_class_uid="1.2.840.10008.5.1.4.1.1.2", instance_number=1,

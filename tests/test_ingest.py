@@ -198,6 +198,43 @@ def test_concurrent_writers_same_instances(index_url: str, index: Index, blobs: 
     assert not verify(index, blobs).orphans
 
 
+def test_concurrent_series_of_one_study_keep_its_counters(index: Index, blobs: FilesystemBlobStore) -> None:
+    """6 threads each store a series (3 instances, 5 modalities, one repeated, one empty, one
+    with a LIKE wildcard) into one study at once, then again: the study's counters kept at
+    ingest (models.Study) lose no update and hold each modality once."""
+    study = minimal()
+    modalities = ["CT", "SR", "CT", "", "R_", "RX"]
+    series = [[part10(minimal(StudyInstanceUID=study.StudyInstanceUID, SeriesInstanceUID=uid,
+                              Modality=modality, InstanceNumber=i, PatientID="P1"))
+               for i in range(3)]
+              for uid, modality in ((minimal().SeriesInstanceUID, m) for m in modalities)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(series))
+
+    def worker(payloads: list[bytes]) -> None:
+        ingest = IngestService(blobs, index)
+        start.wait()
+        try:
+            for raw in payloads * 2:
+                ingest.store(raw, ORIGIN)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(payloads,)) for payloads in series]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    from sqlalchemy import text
+
+    with index.engine.connect() as conn:
+        num_series, num_instances, kept = conn.execute(text(
+            "SELECT num_series, num_instances, modalities FROM study")).one()
+    assert (num_series, num_instances) == (6, 18)
+    assert sorted(kept.split(",")) == ["CT", "RX", "R_", "SR"]
+
+
 def _metadata_rows(index: Index) -> list[tuple[str, bytes]]:
     from sqlalchemy import text
 

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, text, update
+from sqlalchemy import (Connection, Engine, bindparam, case, create_engine, event, func, or_, select, text,
+                        update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -149,16 +150,39 @@ class Index:
             .join(Study.__table__, Series.study_pk == Study.id)
             .where(inst.c.sop_instance_uid == bindparam("uid"))
         )
-        series = Series.__table__
-        # Last in the instance's transaction: on PostgreSQL the series row stays locked until
-        # the commit, so parallel stores into one series serialize only on the commit itself.
+        series, study = Series.__table__, Study.__table__
+        # Last in the instance's transaction: on PostgreSQL the series and study rows stay
+        # locked until the commit, so parallel stores into one study serialize only on the
+        # commit itself. Each UPDATE computes from the row it locks (``x = x + 1``), so under
+        # PostgreSQL's READ COMMITTED a writer that waited for the lock adds to the value the
+        # other one committed: no count is lost.
         self._count_instance = (
             update(series).where(series.c.id == bindparam("pk"))
             .values(num_instances=series.c.num_instances + 1)
+            .returning(series.c.num_instances, series.c.modality)
         )
-        #: Series UID -> row id, so a series' later instances skip three look-ups.
-        #: A throwaway node-local cache: a miss or a stale entry costs a query, never data.
-        self._series_pk: dict[str, int] = {}
+        self._count_in_study = (
+            update(study).where(study.c.id == bindparam("pk"))
+            .values(num_instances=study.c.num_instances + 1)
+        )
+        # A series' first instance: one more series, and its modality joins the list unless
+        # it is empty or already there (``,CT,`` in ``,MR,CT,``; "_" in a CS value is escaped).
+        self._count_series_in_study = (
+            update(study).where(study.c.id == bindparam("pk"))
+            .values(
+                num_series=study.c.num_series + 1, num_instances=study.c.num_instances + 1,
+                modalities=case(
+                    (or_(bindparam("modality") == "",
+                         ("," + study.c.modalities + ",").like(bindparam("pattern"), escape="/")),
+                     study.c.modalities),
+                    (study.c.modalities == "", bindparam("modality")),
+                    else_=study.c.modalities + "," + bindparam("modality"),
+                ))
+        )
+        #: Series UID -> (series row id, its study's row id), so a series' later instances skip
+        #: four look-ups. A throwaway node-local cache: a miss or a stale entry costs a query,
+        #: never data.
+        self._series_pk: dict[str, tuple[int, int]] = {}
 
     def __repr__(self) -> str:
         return f"Index({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -263,9 +287,10 @@ class Index:
         metadata: CachedMetadata | None = None,
     ) -> AddResult:
         with self._write() as conn:
-            series_pk = self._series_pk.get(keys.series_instance_uid)
-            if series_pk is None:
-                series_pk = self._parents(conn, keys, now)
+            parents = self._series_pk.get(keys.series_instance_uid)
+            if parents is None:
+                parents = self._parents(conn, keys, now)
+            series_pk, study_pk = parents
             params = dict(
                 sop_instance_uid=keys.sop_instance_uid, series_pk=series_pk,
                 sop_class_uid=keys.sop_class_uid, instance_number=keys.instance_number,
@@ -278,12 +303,22 @@ class Index:
             if inserted is not None:
                 if metadata is not None:
                     self._attach_metadata(conn, int(inserted[0]), blob.key, metadata)
-                conn.execute(self._count_instance, {"pk": series_pk})
-                self._series_pk[keys.series_instance_uid] = series_pk
+                self._count(conn, series_pk, study_pk)
+                self._series_pk[keys.series_instance_uid] = parents
                 return AddResult(added=True)
         return AddResult(added=False, existing=self.get_instance(keys.sop_instance_uid))
 
-    def _parents(self, conn: Connection, keys: InstanceKeys, now: datetime) -> int:
+    def _count(self, conn: Connection, series_pk: int, study_pk: int) -> None:
+        """One more instance in the series' and the study's counters (models.Series, .Study)."""
+        in_series, modality = conn.execute(self._count_instance, {"pk": series_pk}).one()
+        if in_series != 1:
+            conn.execute(self._count_in_study, {"pk": study_pk})
+            return
+        escaped = modality.replace("/", "//").replace("%", "/%").replace("_", "/_")
+        conn.execute(self._count_series_in_study,
+                     {"pk": study_pk, "modality": modality, "pattern": f"%,{escaped},%"})
+
+    def _parents(self, conn: Connection, keys: InstanceKeys, now: datetime) -> tuple[int, int]:
         patient_pk = self._get_or_create(
             conn, Patient, "patient_key", patient_key(keys),
             patient_id=keys.patient_id, patient_name=keys.patient_name,
@@ -298,24 +333,29 @@ class Index:
             referring_physician_folded=keys.referring_physician_folded,
             study_id=keys.study_id, created_at=now,
         )
-        return self._get_or_create(
-            conn, Series, "series_instance_uid", keys.series_instance_uid,
+        # An existing series keeps the study it was first stored in (its UID names it).
+        series_pk, owner = self._get_or_create(
+            conn, Series, "series_instance_uid", keys.series_instance_uid, ("study_pk",),
             study_pk=study_pk, modality=keys.modality, series_number=keys.series_number,
             series_description=keys.series_description,
             body_part_examined=keys.body_part_examined, created_at=now,
         )
+        return series_pk, owner
 
-    def _get_or_create(self, conn: Connection, model: Any, key_name: str, key: str, **values: Any) -> int:
+    def _get_or_create(self, conn: Connection, model: Any, key_name: str, key: str,
+                       also: tuple[str, ...] = (), **values: Any) -> Any:
+        """The row id (with the ``also`` columns: a tuple) of the row keyed ``key``, made if missing."""
         table = model.__table__
         key_col = table.c[key_name]
-        row = conn.execute(select(table.c.id).where(key_col == key)).first()
-        if row is not None:
-            return int(row[0])
-        conn.execute(
-            self._insert(table).values({key_name: key, **values})
-            .on_conflict_do_nothing(index_elements=[key_name])
-        )
-        return int(conn.execute(select(table.c.id).where(key_col == key)).scalar_one())
+        wanted = select(table.c.id, *(table.c[c] for c in also)).where(key_col == key)
+        row = conn.execute(wanted).first()
+        if row is None:
+            conn.execute(
+                self._insert(table).values({key_name: key, **values})
+                .on_conflict_do_nothing(index_elements=[key_name])
+            )
+            row = conn.execute(wanted).one()
+        return tuple(int(v) for v in row) if also else int(row[0])
 
     def replace_blob(self, sop_instance_uid: str, blob: BlobInfo, *, origin: str, calling_ae: str = "") -> str:
         """Point an instance at a new blob (the "overwrite" duplicate policy); return the old key."""

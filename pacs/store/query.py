@@ -36,7 +36,7 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement, Engine, Select, and_, exists, func, literal, literal_column, or_, select,
+    ColumnElement, Engine, Select, and_, exists, func, literal_column, or_, select,
 )
 from sqlalchemy.exc import OperationalError
 
@@ -325,30 +325,25 @@ def _output(attr: Attr, dialect: str) -> Any:
 
 @functools.cache
 def _computed(k: str, dialect: str) -> Any:
-    """A computed attribute as a correlated scalar subquery, or the series' own instance
-    counter (cached, see :func:`_joined`)."""
-    se, st = SE.alias("c_se"), ST.alias("c_st")
-    count = func.count()
+    """A computed attribute: a counter kept at ingest (models.Study, models.Series), or for
+    the patient level a correlated sum over the patient's few study rows (cached, see
+    :func:`_joined`)."""
+    st = ST.alias("c_st")
+    of_patient = st.c.patient_pk == P.c.id
     if k == "NumberOfPatientRelatedStudies":
-        q = select(count).select_from(st).where(st.c.patient_pk == P.c.id)
+        q = select(func.count()).select_from(st).where(of_patient)
     elif k == "NumberOfPatientRelatedSeries":
-        q = select(count).select_from(se.join(st, se.c.study_pk == st.c.id)).where(st.c.patient_pk == P.c.id)
+        q = select(func.coalesce(func.sum(st.c.num_series), 0)).where(of_patient)
     elif k == "NumberOfPatientRelatedInstances":
-        # Instance counts are sums of the per-series counters kept at ingest (models.Series).
-        q = (select(func.coalesce(func.sum(se.c.num_instances), 0))
-             .select_from(se.join(st, se.c.study_pk == st.c.id))
-             .where(st.c.patient_pk == P.c.id))
+        q = select(func.coalesce(func.sum(st.c.num_instances), 0)).where(of_patient)
     elif k == "NumberOfStudyRelatedSeries":
-        q = select(count).select_from(se).where(se.c.study_pk == ST.c.id)
+        return ST.c.num_series
     elif k == "NumberOfStudyRelatedInstances":
-        q = select(func.coalesce(func.sum(se.c.num_instances), 0)).where(se.c.study_pk == ST.c.id)
+        return ST.c.num_instances
+    elif k == "ModalitiesInStudy":
+        return ST.c.modalities  # comma-joined (CS values never contain a comma); split afterwards
     elif k == "NumberOfSeriesRelatedInstances":
         return SE.c.num_instances
-    elif k == "ModalitiesInStudy":
-        # Comma-joined distinct modalities (CS values never contain a comma); split afterwards.
-        agg = (func.string_agg(se.c.modality.distinct(), literal(",")) if dialect == "postgresql"
-               else func.group_concat(se.c.modality.distinct()))
-        q = select(agg).where(se.c.study_pk == ST.c.id, se.c.modality != "")
     else:  # pragma: no cover - every computed attribute is listed above
         raise AssertionError(k)
     return q.scalar_subquery()

@@ -36,26 +36,6 @@ _DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 _MODALITY = re.compile(r"[A-Z0-9_]{1,16}")
 
 
-def _series_count() -> Any:
-    se = SE.alias("w_se")
-    return select(func.count()).select_from(se).where(se.c.study_pk == ST.c.id).scalar_subquery()
-
-
-def _image_count() -> Any:
-    # The per-series counters kept at ingest (models.Series.num_instances), not a count of rows.
-    se = SE.alias("w_se2")
-    return (select(func.coalesce(func.sum(se.c.num_instances), 0))
-            .where(se.c.study_pk == ST.c.id).scalar_subquery())
-
-
-def _modalities(dialect: str) -> Any:
-    se = SE.alias("w_se3")
-    # Comma-joined distinct modalities (CS values never contain a comma); split afterwards.
-    agg = (func.string_agg(se.c.modality.distinct(), literal(",")) if dialect == "postgresql"
-           else func.group_concat(se.c.modality.distinct()))
-    return select(agg).where(se.c.study_pk == ST.c.id, se.c.modality != "").scalar_subquery()
-
-
 #: Sortable columns: name -> expressions (the study id is always the last tie-breaker).
 SORTS: dict[str, tuple[Any, ...]] = {
     "name": (P.c.patient_name_folded,),
@@ -166,14 +146,15 @@ class WorklistQuery:
 
     def statement(self, dialect: str) -> Select[Any]:
         """One page of studies with their patient, counts and modalities."""
-        series_count = _series_count().label("series_count")
-        image_count = _image_count().label("image_count")
+        # The study's counters kept at ingest (models.Study), not counts of rows.
+        series_count = ST.c.num_series.label("series_count")
+        image_count = ST.c.num_instances.label("image_count")
         stmt = (
             select(
                 ST.c.study_instance_uid, ST.c.study_date, ST.c.study_time,
                 ST.c.accession_number, ST.c.study_description, ST.c.referring_physician_name,
                 ST.c.created_at, P.c.patient_id, P.c.patient_name, P.c.birth_date, P.c.sex,
-                series_count, image_count, _modalities(dialect).label("modalities"),
+                series_count, image_count, ST.c.modalities.label("modalities"),
             )
             .select_from(ST.join(P, ST.c.patient_pk == P.c.id))
             .where(*self.conditions())

@@ -141,3 +141,32 @@ def test_0007_counts_the_instances_of_series_stored_before_it(index: Index) -> N
         counts = dict(conn.exec_driver_sql("SELECT id, num_instances FROM series").all())
     assert counts == {1: 3, 2: 1, 3: 0}
     assert model_differences(index) == []
+
+
+def test_0008_derives_the_study_counters_of_studies_stored_before_it(index: Index) -> None:
+    """Studies from before revision 0008 get series / instance counts and modalities from
+    their series' counters; a series without instances counts for neither."""
+    cfg = alembic_config(index)
+    with index.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0007")
+        conn.exec_driver_sql(
+            "INSERT INTO patient (id, patient_key, patient_id, patient_name, patient_name_folded, "
+            "birth_date, sex, created_at) VALUES (1, 'id:P1', 'P1', '', '', '', '', CURRENT_TIMESTAMP)")
+        for study_pk in (1, 2):
+            conn.exec_driver_sql(
+                "INSERT INTO study (id, study_instance_uid, patient_pk, study_date, study_time, "
+                "accession_number, study_description, referring_physician_name, "
+                "referring_physician_folded, study_id, created_at) "
+                f"VALUES ({study_pk}, '1.2.{study_pk}', 1, '', '', '', '', '', '', '', CURRENT_TIMESTAMP)")
+        for series_pk, study_pk, modality, instances in (
+                (1, 1, "MR", 3), (2, 1, "CT", 1), (3, 1, "MR", 2), (4, 1, "PR", 0), (5, 1, "", 1)):
+            conn.exec_driver_sql(
+                "INSERT INTO series (id, series_instance_uid, study_pk, modality, series_description, "
+                f"body_part_examined, created_at, num_instances) VALUES ({series_pk}, '1.2.3.{series_pk}', "
+                f"{study_pk}, '{modality}', '', '', CURRENT_TIMESTAMP, {instances})")
+        command.upgrade(cfg, "head")
+        studies = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(
+            "SELECT id, num_series, num_instances, modalities FROM study").all()}
+    assert studies == {1: (4, 7, "MR,CT"), 2: (0, 0, "")}
+    assert model_differences(index) == []

@@ -152,8 +152,21 @@ def test_instance_counters_match_the_rows_and_ignore_duplicates(index: Index, tm
             "SELECT s.num_instances, (SELECT count(*) FROM instance i WHERE i.series_pk = s.id) "
             "FROM series s")).all()
     assert len(series) >= 3 and all(kept == counted for kept, counted in series), series
-    row = find(index, "STUDY", SR, StudyInstanceUID=S1, NumberOfStudyRelatedInstances="")[0]
-    assert row["NumberOfStudyRelatedInstances"] == 4
+    with index.engine.connect() as conn:
+        studies = conn.execute(text(
+            "SELECT st.num_series, st.num_instances, st.modalities, "
+            "(SELECT count(*) FROM series s WHERE s.study_pk = st.id), "
+            "(SELECT count(*) FROM instance i JOIN series s ON i.series_pk = s.id WHERE s.study_pk = st.id), "
+            "(SELECT count(DISTINCT s.modality) FROM series s WHERE s.study_pk = st.id AND s.modality != '') "
+            "FROM study st")).all()
+    assert len(studies) == 5
+    for num_series, num_instances, modalities, series_rows, instance_rows, distinct in studies:
+        assert (num_series, num_instances) == (series_rows, instance_rows)
+        assert len(set(modalities.split(","))) == len(modalities.split(",")) == distinct
+    row = find(index, "STUDY", SR, StudyInstanceUID=S1, NumberOfStudyRelatedInstances="",
+               NumberOfStudyRelatedSeries="", ModalitiesInStudy="")[0]
+    assert (row["NumberOfStudyRelatedInstances"], row["NumberOfStudyRelatedSeries"]) == (4, 2)
+    assert row["ModalitiesInStudy"] == ["CT", "SR"]
 
 
 def test_modalities_in_study_matching(index: Index) -> None:
