@@ -35,8 +35,9 @@ the figures that show a change on the server's side.
 
 The machine it runs on is shared and noisy: to compare two versions, unpack the older one
 beside this one (``mkdir /tmp/before && git archive HEAD~1 | tar -x -C /tmp/before``) and pass
-``--baseline /tmp/before``: both servers then answer the same index in turn, run by run, in the
-same window. (The older tree must know the index's schema: the same Alembic revisions.)
+``--baseline /tmp/before``: both servers then answer the same studies in turn, run by run, in
+the same window. The older tree gets an index of its own (a second SQLite file, a second
+PostgreSQL database), filled by its own ``fill()``, so a change of schema compares too.
 """
 
 from __future__ import annotations
@@ -363,10 +364,20 @@ def bench(label: str, url: str, workdir: Path, args: argparse.Namespace
     env.update({"PACS_DATABASE_URL": url, "PACS_FSYNC": "false", "PACS_LOG_LEVEL": "WARNING"})
     servers = [("", env)]
     if args.baseline:
-        # The same index served by another source tree (e.g. the commit before a change):
-        # the two servers answer in turn, so both see the same noise.
-        base_env = dict(env, PYTHONPATH=os.pathsep.join(
-            [str(Path(args.baseline).resolve()), *filter(None, [env.get("PYTHONPATH")])]))
+        # The same studies served by another source tree (e.g. the commit before a change):
+        # the two servers answer in turn, so both see the same noise. The baseline gets an
+        # index of its own, filled by its own code, so that a schema change can be compared.
+        baseline = Path(args.baseline).resolve()
+        base_url = baseline_index(url, workdir / f"index-{label}-baseline.sqlite")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import sys; from bench_find import fill; "
+                        "fill(sys.argv[1], int(sys.argv[2]))", base_url, str(args.studies)],
+                       check=True, cwd=baseline / "scripts",
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                           [str(baseline), str(baseline / "scripts")])))
+        print(f"{label}: filled the baseline's index in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        base_env = dict(env, PACS_DATABASE_URL=base_url, PYTHONPATH=os.pathsep.join(
+            [str(baseline), *filter(None, [env.get("PYTHONPATH")])]))
         servers = [("baseline", base_env), ("current", env)]
     rows: list[tuple[str, ...]] = []
     inside: list[tuple[str, ...]] = []
@@ -401,6 +412,25 @@ def bench(label: str, url: str, workdir: Path, args: argparse.Namespace
     return rows, inside
 
 
+def baseline_index(url: str, sqlite_path: Path) -> str:
+    """An empty index beside ``url`` for ``--baseline``: a second SQLite file, or a second
+    database on the same PostgreSQL server."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"sqlite:///{sqlite_path}"
+    import psycopg
+    from psycopg import sql
+
+    name = f"{parsed.database}_baseline"
+    libpq = parsed.set(drivername="postgresql", database="postgres")
+    with psycopg.connect(libpq.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0")
+                     .format(sql.Identifier(name)))
+    return parsed.set(database=name).render_as_string(hide_password=False)
+
+
 def server_side(label: str, query: str, keys: list[str], running: list[tuple[str, Any]],
                 runs: int) -> list[tuple[str, ...]]:
     """Medians of :meth:`RawClient.run` and the server CPU per query, servers alternated."""
@@ -430,8 +460,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--baseline", metavar="DIR",
-                        help="also serve the index from the source tree DIR (put first on "
-                             "PYTHONPATH) and alternate the two servers run by run")
+                        help="also serve the same studies from the source tree DIR (put first "
+                             "on PYTHONPATH; its own index, filled by its own code) and "
+                             "alternate the two servers run by run")
     parser.add_argument("--floor", action="store_true",
                         help="also time findscu against a stand-in that replays the answers "
                              "recorded from our server at once: the client's own cost")
