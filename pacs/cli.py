@@ -90,9 +90,13 @@ def import_cmd(ctx: click.Context, paths: tuple[str, ...], data_dir: Path | None
 @main.command()
 @_data_dir
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--recount", is_flag=True,
+              help="Rewrite the series and study counts that disagree with the instance rows.")
 @click.pass_context
-def verify(ctx: click.Context, data_dir: Path | None, quiet: bool) -> None:
-    """Check every indexed blob (present, SHA-256) and list orphan blobs; exit 1 on damage."""
+def verify(ctx: click.Context, data_dir: Path | None, quiet: bool, recount: bool) -> None:
+    """Check every indexed blob (present, SHA-256) and the counts kept for C-FIND (instances
+    per series; series, instances and modalities per study); list orphan blobs; exit 1 on
+    damage (a missing or corrupt blob, or counts left wrong)."""
     from tqdm import tqdm
 
     from pacs.services import build_services
@@ -109,10 +113,24 @@ def verify(ctx: click.Context, data_dir: Path | None, quiet: bool) -> None:
         click.echo(f"CORRUPT  {key}  (instance {uid}: SHA-256 differs)")
     for key in report.orphans:
         click.echo(f"ORPHAN   {key}  (no index row; left by an interrupted store)")
+    drift = services.index.recount(fix=recount)
+    for d in drift:
+        click.echo(f"{'RECOUNTED' if recount else 'COUNTS'}  {d.level.lower()} {d.uid}: "
+                   f"kept {_counts_text(d.kept)}, the rows say {_counts_text(d.counted)}")
     click.echo(f"checked: {report.checked}  missing: {len(report.missing)}  "
-               f"corrupt: {len(report.corrupt)}  orphans: {len(report.orphans)}")
+               f"corrupt: {len(report.corrupt)}  orphans: {len(report.orphans)}  "
+               f"counts {'rewritten' if recount else 'wrong'}: {len(drift)}")
+    if drift and not recount:
+        click.echo("the counts are rewritten from the rows by: pacs verify --recount")
     services.close()
-    sys.exit(1 if report.damaged else 0)
+    sys.exit(1 if report.damaged or (drift and not recount) else 0)
+
+
+def _counts_text(values: tuple[object, ...]) -> str:
+    """``(instances,)`` or ``(series, instances, modalities)`` of Index.recount, for people."""
+    if len(values) == 1:
+        return f"{values[0]} instances"
+    return f"{values[0]} series, {values[1]} instances, modalities '{values[2]}'"
 
 
 @main.command()

@@ -187,6 +187,50 @@ def test_verify_finds_missing_corrupt_and_orphan_blobs(archive: Archive) -> None
     assert f"checked: {n}  missing: 1  corrupt: 1  orphans: 1" in damaged.stdout
 
 
+def test_verify_finds_wrong_counts_and_recount_rewrites_them(archive: Archive) -> None:
+    """The counts C-FIND answers from (kept at ingest) are checked against the rows and, with
+    ``--recount``, rewritten; until then verify fails."""
+    from sqlalchemy import text
+
+    from pacs.store.query import FindQuery, Model, run_find
+
+    imported = archive.pacs("import", str(SAMPLES / "CT"), str(SAMPLES / "NM"), "--quiet")
+    assert imported.returncode == 0, output(imported)
+    assert archive.pacs("verify", "--quiet").stdout.rstrip().endswith("counts wrong: 0")
+    with archive.services() as svc, svc.index.engine.begin() as conn:
+        series_uid, study_uid, right = conn.execute(text(
+            "SELECT se.series_instance_uid, st.study_instance_uid, se.num_instances "
+            "FROM series se JOIN study st ON se.study_pk = st.id ORDER BY se.id")).first()
+        conn.execute(text("UPDATE series SET num_instances = num_instances + 5 "
+                          "WHERE series_instance_uid = :u"), {"u": series_uid})
+        conn.execute(text("UPDATE study SET num_series = num_series + 1, modalities = 'XA' "
+                          "WHERE study_instance_uid = :u"), {"u": study_uid})
+
+    wrong = archive.pacs("verify", "--quiet")
+    assert wrong.returncode == 1, output(wrong)
+    counts = sorted(ln for ln in wrong.stdout.splitlines() if ln.startswith("COUNTS"))
+    assert len(counts) == 2, wrong.stdout
+    assert counts[0].startswith(f"COUNTS  series {series_uid}: kept {right + 5} instances, "
+                                f"the rows say {right} instances")
+    assert counts[1].startswith(f"COUNTS  study {study_uid}: kept ") and "modalities 'XA'" in counts[1]
+    assert "counts wrong: 2" in wrong.stdout and "pacs verify --recount" in wrong.stdout
+
+    fixed = archive.pacs("verify", "--quiet", "--recount")
+    assert fixed.returncode == 0, output(fixed)
+    assert len([ln for ln in fixed.stdout.splitlines() if ln.startswith("RECOUNTED")]) == 2
+    again = archive.pacs("verify", "--quiet")
+    assert again.returncode == 0 and "counts wrong: 0" in again.stdout, output(again)
+    with archive.services() as svc:
+        query = FindQuery.parse("SERIES", Model.STUDY_ROOT, {
+            "StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid,
+            "NumberOfSeriesRelatedInstances": ""})
+        assert run_find(svc.index.engine, query).rows[0]["NumberOfSeriesRelatedInstances"] == right
+        with svc.index.engine.connect() as conn:
+            modalities = conn.execute(text("SELECT modalities FROM study WHERE study_instance_uid = :u"),
+                                      {"u": study_uid}).scalar_one()
+        assert modalities and "XA" not in modalities.split(",")
+
+
 def test_verify_orphans_alone_are_not_damage(archive: Archive) -> None:
     imported = archive.pacs("import", str(SAMPLES / "CT" / "CT_small.dcm"), "--quiet")
     assert imported.returncode == 0, output(imported)

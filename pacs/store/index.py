@@ -33,6 +33,20 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 @dataclass(frozen=True)
+class CountDrift:
+    """A counter kept at ingest that disagrees with the rows (:meth:`Index.recount`).
+
+    ``kept`` and ``counted``: ``(num_instances,)`` for a series; ``(num_series,
+    num_instances, modalities)`` for a study."""
+
+    level: str
+    pk: int
+    uid: str
+    kept: tuple[Any, ...]
+    counted: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
 class InstanceRecord:
     """One indexed instance, as callers outside the index see it."""
 
@@ -432,6 +446,72 @@ class Index:
             for row in rows:
                 yield row[1], row[2], row[3], row[4]
             last = rows[-1][0]
+
+    def recount(self, *, fix: bool = False) -> list[CountDrift]:
+        """Check the counters kept at ingest (models.Series.num_instances; models.Study
+        num_series, num_instances, modalities) against the rows; with ``fix``, rewrite those
+        that differ. Returns what differed.
+
+        Why: the counters are derived data that C-FIND, QIDO-RS and the worklist answer from;
+        a hand-edited database or a bug would make them lie quietly (``pacs verify``). One
+        SELECT reads everything, so a store running meanwhile is seen entirely or not at all;
+        with ``fix`` it runs inside a write transaction that keeps stores waiting (SQLite:
+        the write lock; PostgreSQL: the two tables locked against writes).
+        """
+        try:
+            with (self._write() if fix else self.engine.connect()) as conn:
+                if fix and self.engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql("LOCK TABLE study, series IN EXCLUSIVE MODE")
+                drift = self._count_drift(conn)
+                if fix:
+                    series = Series.__table__
+                    study = Study.__table__
+                    fixed_series = [{"pk": d.pk, "n": d.counted[0]} for d in drift if d.level == "SERIES"]
+                    fixed_studies = [{"pk": d.pk, "ns": d.counted[0], "ni": d.counted[1], "m": d.counted[2]}
+                                     for d in drift if d.level == "STUDY"]
+                    if fixed_series:
+                        conn.execute(update(series).where(series.c.id == bindparam("pk"))
+                                     .values(num_instances=bindparam("n")), fixed_series)
+                    if fixed_studies:
+                        conn.execute(update(study).where(study.c.id == bindparam("pk"))
+                                     .values(num_series=bindparam("ns"), num_instances=bindparam("ni"),
+                                             modalities=bindparam("m")), fixed_studies)
+                    self._series_pk.clear()
+                return drift
+        except OperationalError as exc:
+            raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
+
+    @staticmethod
+    def _count_drift(conn: Connection) -> list[CountDrift]:
+        st, se, inst = Study.__table__, Series.__table__, Instance.__table__
+        counted = (select(func.count()).select_from(inst).where(inst.c.series_pk == se.c.id)
+                   .scalar_subquery())
+        rows = conn.execute(
+            select(st.c.id, st.c.study_instance_uid, st.c.num_series, st.c.num_instances,
+                   st.c.modalities, se.c.id, se.c.series_instance_uid, se.c.modality,
+                   se.c.num_instances, counted)
+            .select_from(st.outerjoin(se, se.c.study_pk == st.c.id))
+            .order_by(st.c.id, se.c.id)
+        ).all()
+        drift: list[CountDrift] = []
+        by_study: dict[int, list[Any]] = {}
+        for row in rows:
+            by_study.setdefault(row[0], []).append(row)
+            if row[5] is not None and row[8] != row[9]:
+                drift.append(CountDrift("SERIES", row[5], row[6], (row[8],), (row[9],)))
+        for study_rows in by_study.values():
+            first = study_rows[0]
+            holding = [r for r in study_rows if r[5] is not None and r[9] > 0]
+            modalities: list[str] = []
+            for r in holding:
+                if r[7] and r[7] not in modalities:
+                    modalities.append(r[7])
+            truth = (len(holding), sum(r[9] for r in holding), ",".join(modalities))
+            kept = (first[2], first[3], first[4])
+            # The modalities compare as sets: the kept list is in arrival order.
+            if kept[:2] != truth[:2] or set(filter(None, kept[2].split(","))) != set(modalities):
+                drift.append(CountDrift("STUDY", first[0], first[1], kept, truth))
+        return drift
 
     def counts(self) -> Counts:
         with self.session() as s:
