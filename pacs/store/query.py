@@ -107,15 +107,18 @@ def _attrs() -> dict[str, Attr]:
         Attr("ReferringPhysicianName", Level.STUDY, "pn", ST.c.referring_physician_name,
              ST.c.referring_physician_folded),
         Attr("StudyID", Level.STUDY, "text", ST.c.study_id),
-        Attr("ModalitiesInStudy", Level.STUDY, "modalities"),
-        Attr("NumberOfStudyRelatedSeries", Level.STUDY, ""),
-        Attr("NumberOfStudyRelatedInstances", Level.STUDY, ""),
+        # The study's and series' counters kept at ingest (models.Study, models.Series); the
+        # modalities are comma-joined there (CS values never contain a comma) and split on
+        # the way out. ModalitiesInStudy is matched against the series rows themselves.
+        Attr("ModalitiesInStudy", Level.STUDY, "modalities", ST.c.modalities),
+        Attr("NumberOfStudyRelatedSeries", Level.STUDY, "", ST.c.num_series),
+        Attr("NumberOfStudyRelatedInstances", Level.STUDY, "", ST.c.num_instances),
         Attr("SeriesInstanceUID", Level.SERIES, "uid", SE.c.series_instance_uid),
         Attr("Modality", Level.SERIES, "text", SE.c.modality),
         Attr("SeriesNumber", Level.SERIES, "int", SE.c.series_number),
         Attr("SeriesDescription", Level.SERIES, "text", SE.c.series_description),
         Attr("BodyPartExamined", Level.SERIES, "text", SE.c.body_part_examined),
-        Attr("NumberOfSeriesRelatedInstances", Level.SERIES, ""),
+        Attr("NumberOfSeriesRelatedInstances", Level.SERIES, "", SE.c.num_instances),
         Attr("SOPInstanceUID", Level.IMAGE, "uid", IN.c.sop_instance_uid),
         Attr("SOPClassUID", Level.IMAGE, "uid", IN.c.sop_class_uid),
         Attr("InstanceNumber", Level.IMAGE, "int", IN.c.instance_number),
@@ -202,7 +205,7 @@ class FindQuery:
         base = _TABLE[self.level]
         columns: list[Any] = [base.c.id.label("_pk")]
         for keyword in self.returned:
-            columns.append(_output(ATTRIBUTES[keyword], dialect).label(keyword))
+            columns.append(_output(ATTRIBUTES[keyword]).label(keyword))
         stmt = select(*columns).select_from(_joined(self.level))
         conditions = [c for k, v in self.keys.items() if (c := _condition(ATTRIBUTES[k], v, dialect)) is not None]
         if conditions:
@@ -316,37 +319,28 @@ def _joined(level: Level) -> Any:
             .join(P, ST.c.patient_pk == P.c.id))
 
 
-def _output(attr: Attr, dialect: str) -> Any:
-    """The column, or a correlated subquery for a computed attribute."""
+def _output(attr: Attr) -> Any:
+    """The column, or a correlated subquery for a patient-level count."""
     if attr.column is not None:
         return attr.column
-    return _computed(attr.keyword, dialect)
+    return _patient_count(attr.keyword)
 
 
 @functools.cache
-def _computed(k: str, dialect: str) -> Any:
-    """A computed attribute: a counter kept at ingest (models.Study, models.Series), or for
-    the patient level a correlated sum over the patient's few study rows (cached, see
+def _patient_count(k: str) -> Any:
+    """NumberOfPatientRelated{Studies,Series,Instances} (PS3.4 C.6.1.1.2): a correlated
+    count or sum over the patient's few study rows and their counters (cached, see
     :func:`_joined`)."""
     st = ST.alias("c_st")
-    of_patient = st.c.patient_pk == P.c.id
     if k == "NumberOfPatientRelatedStudies":
-        q = select(func.count()).select_from(st).where(of_patient)
+        value = func.count()
     elif k == "NumberOfPatientRelatedSeries":
-        q = select(func.coalesce(func.sum(st.c.num_series), 0)).where(of_patient)
+        value = func.coalesce(func.sum(st.c.num_series), 0)
     elif k == "NumberOfPatientRelatedInstances":
-        q = select(func.coalesce(func.sum(st.c.num_instances), 0)).where(of_patient)
-    elif k == "NumberOfStudyRelatedSeries":
-        return ST.c.num_series
-    elif k == "NumberOfStudyRelatedInstances":
-        return ST.c.num_instances
-    elif k == "ModalitiesInStudy":
-        return ST.c.modalities  # comma-joined (CS values never contain a comma); split afterwards
-    elif k == "NumberOfSeriesRelatedInstances":
-        return SE.c.num_instances
-    else:  # pragma: no cover - every computed attribute is listed above
+        value = func.coalesce(func.sum(st.c.num_instances), 0)
+    else:  # pragma: no cover - every other attribute has a column
         raise AssertionError(k)
-    return q.scalar_subquery()
+    return select(value).select_from(st).where(st.c.patient_pk == P.c.id).scalar_subquery()
 
 
 def _is_universal(value: str) -> bool:
