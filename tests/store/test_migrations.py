@@ -15,7 +15,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from pydicom.data import get_testdata_file
-from sqlalchemy import inspect
+from sqlalchemy import Connection, inspect
 
 from pacs.ingest import IngestService, Origin, Outcome
 from pacs.store.blobs import FilesystemBlobStore
@@ -112,20 +112,26 @@ def test_downgrade_to_base_then_upgrade_again(index: Index, tmp_path: Path) -> N
     assert index.counts().instances == 1
 
 
+def _patient_and_studies(conn: Connection, *study_pks: int) -> None:
+    """Patient 1 and studies ``study_pks`` (UIDs 1.2.<pk>), inserted as raw rows at an older revision."""
+    conn.exec_driver_sql(
+        "INSERT INTO patient (id, patient_key, patient_id, patient_name, patient_name_folded, "
+        "birth_date, sex, created_at) VALUES (1, 'id:P1', 'P1', '', '', '', '', CURRENT_TIMESTAMP)")
+    for study_pk in study_pks:
+        conn.exec_driver_sql(
+            "INSERT INTO study (id, study_instance_uid, patient_pk, study_date, study_time, "
+            "accession_number, study_description, referring_physician_name, "
+            "referring_physician_folded, study_id, created_at) "
+            f"VALUES ({study_pk}, '1.2.{study_pk}', 1, '', '', '', '', '', '', '', CURRENT_TIMESTAMP)")
+
+
 def test_0007_counts_the_instances_of_series_stored_before_it(index: Index) -> None:
     """Series rows from before revision 0007 get their instance counts from the instance table."""
     cfg = alembic_config(index)
     with index.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0006")
-        conn.exec_driver_sql(
-            "INSERT INTO patient (id, patient_key, patient_id, patient_name, patient_name_folded, "
-            "birth_date, sex, created_at) VALUES (1, 'id:P1', 'P1', '', '', '', '', CURRENT_TIMESTAMP)")
-        conn.exec_driver_sql(
-            "INSERT INTO study (id, study_instance_uid, patient_pk, study_date, study_time, "
-            "accession_number, study_description, referring_physician_name, "
-            "referring_physician_folded, study_id, created_at) "
-            "VALUES (1, '1.2.3', 1, '', '', '', '', '', '', '', CURRENT_TIMESTAMP)")
+        _patient_and_studies(conn, 1)
         for series_pk, instances in ((1, 3), (2, 1), (3, 0)):
             conn.exec_driver_sql(
                 "INSERT INTO series (id, series_instance_uid, study_pk, modality, series_description, "
@@ -150,15 +156,7 @@ def test_0008_derives_the_study_counters_of_studies_stored_before_it(index: Inde
     with index.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0007")
-        conn.exec_driver_sql(
-            "INSERT INTO patient (id, patient_key, patient_id, patient_name, patient_name_folded, "
-            "birth_date, sex, created_at) VALUES (1, 'id:P1', 'P1', '', '', '', '', CURRENT_TIMESTAMP)")
-        for study_pk in (1, 2):
-            conn.exec_driver_sql(
-                "INSERT INTO study (id, study_instance_uid, patient_pk, study_date, study_time, "
-                "accession_number, study_description, referring_physician_name, "
-                "referring_physician_folded, study_id, created_at) "
-                f"VALUES ({study_pk}, '1.2.{study_pk}', 1, '', '', '', '', '', '', '', CURRENT_TIMESTAMP)")
+        _patient_and_studies(conn, 1, 2)
         for series_pk, study_pk, modality, instances in (
                 (1, 1, "MR", 3), (2, 1, "CT", 1), (3, 1, "MR", 2), (4, 1, "PR", 0), (5, 1, "", 1)):
             conn.exec_driver_sql(
