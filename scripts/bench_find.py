@@ -26,6 +26,12 @@ Example::
 at once, the bytes our server sent for that query (:class:`ClientFloor`): what the client
 costs by itself on this machine, the floor under any server's figure.
 
+``--stack-floor`` adds a fourth: the same ``findscu`` runs against our own DICOM stack with
+no query behind it (:func:`serve_replay`: ``pacs.scp`` started as ``pacs serve`` starts it,
+its C-FIND handler replaced by one that writes the answers the real handler gave the first
+time). What pynetdicom and our patches to it cost per query, before any index work: the
+floor under our server's figure.
+
 ``--server-side`` adds a table of what the server alone costs, with a client that costs
 almost nothing (:class:`RawClient`: the PDUs ``findscu`` sent, replayed from Python over a
 socket): time to the A-ASSOCIATE-AC, from the request to the first answer and to the final
@@ -286,6 +292,71 @@ class ClientFloor:
                     step += 1
 
 
+def serve_replay(port: int, data_dir: Path) -> None:
+    """Body of ``--serve-replay``: our C-FIND SCP on ``port``, answering from memory.
+
+    The SCP is built as :func:`pacs.serve.dicom_worker` builds it (settings from the
+    ``PACS_*`` environment, :func:`pacs.scp.server.start_scp`), but each distinct identifier
+    is answered once by the real handler, on the real index, and from then on by writing the
+    pending answers it wrote (:class:`pacs.scp.fastfind.AnswerWriter`, the path real answers
+    take); pynetdicom sends the final response as usual. Runs until killed.
+    """
+    from pacs.config import load_settings
+    from pacs.scp import fastfind
+    from pacs.scp import server as scp_server
+    from pacs.services import build_services
+
+    recorded: dict[bytes, list[bytes]] = {}
+    real = scp_server.handle_find
+
+    def replay(event: Any, index: Any, settings: Any) -> Any:
+        key = bytes(event.request.Identifier.getvalue())
+        answers = recorded.get(key)
+        writer = fastfind.AnswerWriter.for_event(event)
+        if answers is None or writer is None:
+            seen: list[bytes] = []
+            add = fastfind.AnswerWriter.add
+
+            def keep(self: fastfind.AnswerWriter, data: bytes) -> bool:
+                seen.append(data)
+                return add(self, data)
+
+            fastfind.AnswerWriter.add = keep  # type: ignore[method-assign]
+            try:
+                yield from real(event, index, settings)
+            finally:
+                fastfind.AnswerWriter.add = add  # type: ignore[method-assign]
+            recorded[key] = seen
+            return
+        for data in answers:
+            writer.add(data)
+        writer.flush()
+
+    scp_server.handle_find = replay  # type: ignore[assignment]
+    settings = load_settings(data_dir=str(data_dir), host="127.0.0.1", dicom_port=port)
+    services = build_services(settings)
+    scp_server.start_scp(settings, services.ingest)
+    while True:
+        time.sleep(3600)
+
+
+@contextlib.contextmanager
+def replay_server(data_dir: Path, env: dict[str, str]) -> Any:
+    """``--serve-replay`` in a process of its own, yielded as its port once it answers C-ECHO."""
+    port = benchlib.free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir.parent / f"{data_dir.name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, __file__, "--serve-replay", str(port),
+                                 "--data-dir", str(data_dir)], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        benchlib.wait_for_echo("127.0.0.1", port, "MINIPACS", 60, proc=proc, log=log)
+        yield port
+    finally:
+        benchlib.stop_process(proc)
+
+
 class RawClient:
     """The server's own costs: ``findscu``'s request PDUs, recorded once through a proxy,
     replayed from here over a socket (no process start, no dictionary, no printing)."""
@@ -386,6 +457,9 @@ def bench(label: str, url: str, workdir: Path, args: argparse.Namespace
             benchlib.pacs_server(workdir / f"data-{label}-{name or 'current'}", server_env)))
             for name, server_env in servers]
         ports = [(name, srv.dicom_port) for name, srv in running]
+        if args.stack_floor:
+            ports.append(("our stack, no query", stack.enter_context(
+                replay_server(workdir / f"data-{label}-replay", env))))
         floor = ClientFloor() if args.floor else None
         if floor is not None:
             ports.append(("findscu alone", floor.port))
@@ -395,7 +469,7 @@ def bench(label: str, url: str, workdir: Path, args: argparse.Namespace
             times: dict[tuple[str, str], list[float]] = {(n, c): [] for n, _, c, _ in runs}
             counts: dict[tuple[str, str], set[int]] = {(n, c): set() for n, _, c, _ in runs}
             if floor is not None:
-                floor.record(ports[-2][1], keys)
+                floor.record(running[-1][1].dicom_port, keys)
             for _name, port in ports:
                 findscu(port, keys)  # warm-up (connection pool, page cache)
             for _ in range(args.runs):
@@ -466,6 +540,11 @@ def main() -> int:
     parser.add_argument("--floor", action="store_true",
                         help="also time findscu against a stand-in that replays the answers "
                              "recorded from our server at once: the client's own cost")
+    parser.add_argument("--stack-floor", action="store_true",
+                        help="also time findscu against our DICOM stack with no query behind "
+                             "it (answers recorded from the real handler, replayed)")
+    parser.add_argument("--serve-replay", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--server-side", action="store_true",
                         help="also time the server alone, with a raw-socket client replaying "
                              "findscu's request, and its CPU per query")
@@ -473,6 +552,9 @@ def main() -> int:
                         help="also time findscu dumping every answer's data set to its log "
                              "(its default), beside the runs that only count the answers (-sr)")
     args = parser.parse_args()
+    if args.serve_replay:
+        serve_replay(args.serve_replay, args.data_dir)
+        return 0
     workdir = benchlib.fresh_workdir("minipacs-bench-find-")
     rows: list[tuple[str, ...]] = []
     server_rows: list[tuple[str, ...]] = []

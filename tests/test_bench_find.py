@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pydicom
 
@@ -36,3 +37,28 @@ def test_orthanc_instances_carry_the_generated_study() -> None:
         assert ds.StudyInstanceUID == st["study_instance_uid"]
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert any(not n.isascii() for n in (str(pydicom.dcmread(io.BytesIO(f)).PatientName) for f in files))
+
+
+def test_stack_floor_replays_the_real_answers_from_memory(tmp_path) -> None:
+    """``--stack-floor``: the first query is answered by the real handler, the same query
+    again byte for byte from memory (the index no longer has the studies by then)."""
+    import sqlite3
+
+    db = tmp_path / "index.sqlite"
+    bench_find.fill(f"sqlite:///{db}", 300)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env.update({"PACS_DATABASE_URL": f"sqlite:///{db}", "PACS_FSYNC": "false"})
+    keys = ["StudyDate=20240101-20240131"]
+    with bench_find.replay_server(tmp_path / "replay", env) as port:
+        _, real = bench_find.record_exchange(port, keys)
+        with sqlite3.connect(db) as conn:
+            conn.execute("PRAGMA foreign_keys = OFF")
+            for table in ("instance", "series", "study", "patient"):
+                conn.execute(f"DELETE FROM {table}")
+        _, replayed = bench_find.record_exchange(port, keys)
+        _, other = bench_find.record_exchange(port, ["StudyDate=20240201-20240229"])
+    pending = [p for p in real if p[0] == 0x04 and not bench_find._final_status(p)]
+    assert len(pending) >= 3  # 300 studies over 3 years: about 8 a month
+    assert replayed == real
+    # A query it never saw goes to the real handler: the emptied index has nothing.
+    assert not [p for p in other if p[0] == 0x04 and not bench_find._final_status(p)]
