@@ -10,6 +10,8 @@ defaults (filesystem + SQLite, waitress workers) started here on a fresh data fo
   of an already decoded slice with a new window (warm), PNG and JPEG, median and p95;
 * the whole 300-slice series in scroll order, over 1 and over 4 keep-alive connections,
   images per second, cold (first pass) and warm (second pass, new window so no HTTP cache);
+* the same request revalidated with its ETag (a 304 without a body): what the HTTP server,
+  the sign-in check and the routing cost without any rendering;
 * the 2048x2500 CR (``make_cr.py``) at full size and in a 1024-pixel viewport, PNG and JPEG.
 
 Every request is a real HTTP request with a bearer token (as a script would send), on
@@ -59,14 +61,18 @@ class Client:
     def __init__(self, port: int, token: str) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.etag: str | None = None  # of the last response
 
-    def get(self, path: str, accept: str) -> tuple[float, int]:
+    def get(self, path: str, accept: str, etag: str | None = None) -> tuple[float, int]:
+        """ms and body bytes of one GET; with ``etag``, a revalidation that must answer 304."""
+        headers = {**self.headers, "Accept": accept, **({"If-None-Match": etag} if etag else {})}
         t0 = time.perf_counter()
-        self.conn.request("GET", path, headers={**self.headers, "Accept": accept})
+        self.conn.request("GET", path, headers=headers)
         resp = self.conn.getresponse()
         body = resp.read()
         dt = (time.perf_counter() - t0) * 1000
-        if resp.status != 200:
+        self.etag = resp.getheader("ETag")
+        if resp.status != (304 if etag else 200):
             raise RuntimeError(f"GET {path}: {resp.status} {body[:200]!r}")
         return dt, len(body)
 
@@ -169,6 +175,12 @@ def main() -> int:
                                    for i in range(args.reps)])
         lat("CT new window PNG", [c.get(f"{warm}?window={40 + i},{400 + i}", "image/png")[0]
                                   for i in range(args.reps)])
+        # The same request revalidated (If-None-Match, 304, no body): everything but the
+        # rendering (HTTP server, sign-in, routing, ETag), what "new window" pays on top of
+        # the window and the encoding.
+        c.get(f"{warm}?window=40,400", "image/jpeg")
+        lat("CT JPEG revalidated (304)", [c.get(f"{warm}?window=40,400", "image/jpeg", c.etag)[0]
+                                          for _ in range(args.reps)])
 
         # The CR: cold once, then warm with new windows.
         cold_cr = c.get(cr + "?quality=90", "image/jpeg")[0]

@@ -5,8 +5,8 @@ Uploads a generated CT series to an Orthanc listening on 127.0.0.1:PORT (REST, n
 authentication), then times ``/instances/{id}/frames/0/rendered`` exactly as
 ``bench_render.py`` times ours: first renders (in scroll order and in random order) and new
 windows (JPEG and PNG, median and p95), and the whole series in order over 1 and 4
-keep-alive connections. Orthanc keeps no decoded
-frames, so each of its requests decodes.
+keep-alive connections; and a request that renders nothing (``GET /system``), for its HTTP
+round trip alone. Orthanc keeps no decoded frames, so each of its requests decodes.
 
 Orthanc (``apt-get install -y orthanc``) has no bind-address option and listens on every
 interface, so run it and this client in a private network namespace (root)::
@@ -75,7 +75,7 @@ def main() -> int:
 
     def lat(name: str, xs: list[float]) -> None:
         p95 = sorted(xs)[int(0.95 * (len(xs) - 1))]
-        print(f"{name:36s} median {statistics.median(xs):7.2f} ms   p95 {p95:7.2f} ms", flush=True)
+        print(f"{name:40s} median {statistics.median(xs):7.2f} ms   p95 {p95:7.2f} ms", flush=True)
 
     # The same slices as bench_render.py: scroll order, then every other one shuffled.
     cold = benchlib.cold_slices(ids, args.reps)
@@ -87,6 +87,10 @@ def main() -> int:
     for kind in ("image/jpeg", "image/png"):
         lat(f"CT new window {kind[6:].upper()}",
             [get(conn, url(mid, f"?window-center={40 + k}&window-width={400 + k}"), kind) for k in range(args.reps)])
+    # Orthanc sends no ETag with rendered images (so no 304 to time, as bench_render.py does
+    # for ours); its HTTP round trip without rendering is a small REST answer.
+    lat("HTTP round trip, no rendering (/system)", [get(conn, "/system", "application/json")
+                                                    for _ in range(args.reps)])
 
     def scroll(conns: int, accept: str, query: str) -> float:
         def run(part: list[str]) -> None:
