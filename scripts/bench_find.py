@@ -299,7 +299,8 @@ def serve_replay(port: int, data_dir: Path) -> None:
     ``PACS_*`` environment, :func:`pacs.scp.server.start_scp`), but each distinct identifier
     is answered once by the real handler, on the real index, and from then on by writing the
     pending answers it wrote (:class:`pacs.scp.fastfind.AnswerWriter`, the path real answers
-    take); pynetdicom sends the final response as usual. Runs until killed.
+    take); pynetdicom sends the final response as usual. Runs until killed. For one query at
+    a time (as the benchmark sends them): recording swaps ``AnswerWriter.add`` process-wide.
     """
     from pacs.config import load_settings
     from pacs.scp import fastfind
