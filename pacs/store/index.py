@@ -348,13 +348,12 @@ class Index:
             study_id=keys.study_id, created_at=now,
         )
         # An existing series keeps the study it was first stored in (its UID names it).
-        series_pk, owner = self._get_or_create(
+        return self._get_or_create(
             conn, Series, "series_instance_uid", keys.series_instance_uid, ("study_pk",),
             study_pk=study_pk, modality=keys.modality, series_number=keys.series_number,
             series_description=keys.series_description,
             body_part_examined=keys.body_part_examined, created_at=now,
         )
-        return series_pk, owner
 
     def _get_or_create(self, conn: Connection, model: Any, key_name: str, key: str,
                        also: tuple[str, ...] = (), **values: Any) -> Any:

@@ -144,7 +144,7 @@ class WorklistQuery:
             conds.append(exists().where(se.c.study_pk == ST.c.id, mod))
         return conds
 
-    def statement(self, dialect: str) -> Select[Any]:
+    def statement(self) -> Select[Any]:
         """One page of studies with their patient, counts and modalities."""
         # The study's counters kept at ingest (models.Study), not counts of rows.
         series_count = ST.c.num_series.label("series_count")
@@ -193,7 +193,7 @@ def search(engine: Engine, query: WorklistQuery) -> WorklistPage:
     try:
         with engine.connect() as conn:
             total = int(conn.execute(query.count_statement()).scalar_one())
-            result = conn.execute(query.statement(engine.dialect.name))
+            result = conn.execute(query.statement())
             rows = [dict(r._mapping) for r in result]
     except OperationalError as exc:
         raise StorageUnavailable(f"index database unavailable: {exc.orig}") from exc
